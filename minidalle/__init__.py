@@ -1,0 +1,7 @@
+"""minidalle: a small two-stage text-to-image model.
+
+Stage 1 is a discrete VAE *image* tokenizer (`minidalle.dvae`); stage 2 is a
+GPT-style prior over BPE *text* tokens and image codes.
+"""
+
+__version__ = "0.1.0"
