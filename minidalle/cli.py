@@ -19,6 +19,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "train-tokenizer": ("minidalle.train_tokenizer", "main", "stage 1: train the dVAE image tokenizer"),
     "encode": ("minidalle.encode", "encode_main", "encode a dataset once into image-tokenizer codes"),
     "codebook": ("minidalle.encode", "codebook_main", "draw every code of an image tokenizer as a sheet"),
+    "reconstruct": ("minidalle.encode", "reconstruct_main", "round-trip images through an image tokenizer; PSNR + manifest"),
 }
 
 

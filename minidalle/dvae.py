@@ -1,0 +1,349 @@
+"""Stage 1: the discrete VAE *image* tokenizer (and its VQ-VAE variant).
+
+An image (B, 3, H, W) in [0, 1] becomes a grid of codes (B, h, w) with
+h = H / 2**n, and back. Two quantizers share the encoder/decoder and the API:
+
+- `gumbel` (DALL-E's dVAE): the encoder gives logits over K codes per cell;
+  training mixes the codebook with a Gumbel-Softmax relaxed one-hot at an
+  annealed temperature tau and adds beta * KL(q(z|x) || uniform).
+- `vq` (VQ-VAE): the encoder gives a vector per cell, snapped to the nearest
+  codebook vector with a straight-through gradient; loss adds
+  ||sg[E(x)] - e||^2 (or EMA codebook updates) + beta * ||E(x) - sg[e]||^2.
+
+Loss scale: both terms are per input dimension. The reconstruction loss is a
+mean over pixels and channels; the KL is summed over the grid and divided by
+the number of pixel values (3 * H * W), exactly the paper's beta / 192 for
+256x256 images on a 32x32 grid (and also for 64x64 on 8x8). DALLE-pytorch
+sums the KL but averages the MSE, so its `kl_div_loss_weight` means a
+different thing at every image size.
+
+Inference is deterministic: `encode` takes the argmax (or nearest) code.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .args import UserError
+from .serialization import content_hash, load_state_strict, load_weights, read_config, save_model_folder
+
+KIND = "minidalle image tokenizer"
+LOGIT_LAPLACE_EPS = 0.1
+
+
+@dataclass
+class DVAEConfig:
+    """Shape and loss of the image tokenizer. grid = image_size / 2**len(widths)."""
+
+    image_size: int = 64
+    channels: int = 3
+    num_codes: int = 512  # K
+    codebook_dim: int = 256
+    widths: list[int] = field(default_factory=lambda: [32, 64, 128])  # one per down-sampling
+    res_blocks: int = 1  # per level
+    quantizer: str = "gumbel"  # gumbel | vq
+    recon_loss: str = "mse"  # mse | logit_laplace
+    straight_through: bool = False  # gumbel: hard one-hot forward, soft gradient
+    vq_ema: bool = False  # vq: EMA codebook updates instead of the codebook loss
+    vq_ema_decay: float = 0.99
+    vq_restart_dead: bool = False  # vq: re-seed codes unused for a while from encoder outputs
+
+    def __post_init__(self) -> None:
+        self.widths = list(self.widths)
+        problems = []
+        if self.quantizer not in ("gumbel", "vq"):
+            problems.append(f"quantizer must be 'gumbel' or 'vq', got {self.quantizer!r}")
+        if self.recon_loss not in ("mse", "logit_laplace"):
+            problems.append(f"recon_loss must be 'mse' or 'logit_laplace', got {self.recon_loss!r}")
+        if not self.widths:
+            problems.append("widths needs at least one entry (one per down-sampling)")
+        elif self.image_size % (2 ** len(self.widths)):
+            problems.append(f"image_size {self.image_size} is not divisible by 2**{len(self.widths)}")
+        if self.num_codes < 2:
+            problems.append("num_codes must be at least 2")
+        if problems:
+            raise UserError("image tokenizer config: " + "; ".join(problems))
+
+    @property
+    def grid_size(self) -> int:
+        return self.image_size // 2 ** len(self.widths)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "DVAEConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise UserError(f"image tokenizer config: unknown field(s) {', '.join(unknown)}")
+        return cls(**values)
+
+
+PRESETS: dict[str, dict] = {
+    # trains in seconds: for tests and smoke runs
+    "tiny": dict(image_size=32, num_codes=64, codebook_dim=32, widths=[16, 32], res_blocks=0),
+    # the shapes default: 8x8 codes, cheap for stage 2
+    "small": dict(image_size=64, num_codes=512, codebook_dim=128, widths=[32, 64, 128], res_blocks=1),
+    # more capacity for photos/emoji
+    "base": dict(image_size=64, num_codes=1024, codebook_dim=256, widths=[64, 128, 256], res_blocks=2),
+}
+
+
+class ResBlock(nn.Module):
+    """x + conv(relu(conv(relu(x)))); no normalisation (as DALL-E's dVAE), cheap on CPU."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(width, width, 3, padding=1)
+        self.conv2 = nn.Conv2d(width, width, 3, padding=1)
+        nn.init.zeros_(self.conv2.weight)  # each block starts as the identity
+        nn.init.zeros_(self.conv2.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.conv2(F.relu(self.conv1(F.relu(x))))
+
+
+class Encoder(nn.Module):
+    def __init__(self, cfg: DVAEConfig, out_channels: int) -> None:
+        super().__init__()
+        w = cfg.widths
+        layers: list[nn.Module] = [nn.Conv2d(cfg.channels, w[0], 3, padding=1)]
+        for i, width in enumerate(w):
+            layers += [ResBlock(width) for _ in range(cfg.res_blocks)]
+            nxt = w[min(i + 1, len(w) - 1)]
+            layers += [nn.ReLU(), nn.Conv2d(width, nxt, 4, stride=2, padding=1)]  # halve H, W
+        layers += [ResBlock(w[-1]) for _ in range(cfg.res_blocks)]
+        layers += [nn.ReLU(), nn.Conv2d(w[-1], out_channels, 1)]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class Decoder(nn.Module):
+    def __init__(self, cfg: DVAEConfig, out_channels: int) -> None:
+        super().__init__()
+        w = cfg.widths[::-1]
+        layers: list[nn.Module] = [nn.Conv2d(cfg.codebook_dim, w[0], 1)]
+        layers += [ResBlock(w[0]) for _ in range(cfg.res_blocks)]
+        for i, width in enumerate(w):
+            nxt = w[min(i + 1, len(w) - 1)]
+            layers += [nn.ReLU(), nn.ConvTranspose2d(width, nxt, 4, stride=2, padding=1)]  # double H, W
+            layers += [ResBlock(nxt) for _ in range(cfg.res_blocks)]
+        layers += [nn.ReLU(), nn.Conv2d(w[-1], out_channels, 3, padding=1)]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.net(z)
+
+
+@dataclass
+class DVAEOutput:
+    """What a training forward pass returns. Scalars are 0-d tensors (no host sync)."""
+
+    loss: torch.Tensor
+    recon_loss: torch.Tensor
+    kl: torch.Tensor  # gumbel: KL(q || uniform) in nats per grid cell; vq: codebook + commitment
+    mse: torch.Tensor  # mean squared error on the [0, 1] scale, for PSNR
+    reconstruction: torch.Tensor  # (B, 3, H, W) in [0, 1]
+    codes: torch.Tensor  # (B, h, w) argmax / nearest codes of this batch
+
+
+class DiscreteVAE(nn.Module):
+    """The image tokenizer. `encode` images -> codes, `decode` codes -> images."""
+
+    def __init__(self, config: DVAEConfig) -> None:
+        super().__init__()
+        self.config = config
+        out_ch = 2 * config.channels if config.recon_loss == "logit_laplace" else config.channels
+        enc_out = config.num_codes if config.quantizer == "gumbel" else config.codebook_dim
+        self.encoder = Encoder(config, enc_out)
+        self.decoder = Decoder(config, out_ch)
+        self.codebook = nn.Embedding(config.num_codes, config.codebook_dim)
+        if config.quantizer == "vq":
+            nn.init.uniform_(self.codebook.weight, -1 / config.num_codes, 1 / config.num_codes)
+            if config.vq_ema:
+                self.codebook.weight.requires_grad_(False)
+                self.register_buffer("ema_count", torch.ones(config.num_codes))
+                self.register_buffer("ema_sum", self.codebook.weight.detach().clone())
+
+    # ----------------------------------------------------------------- basics
+    @property
+    def num_codes(self) -> int:
+        return self.config.num_codes
+
+    @property
+    def grid_size(self) -> int:
+        return self.config.grid_size
+
+    @staticmethod
+    def _normalize(images: torch.Tensor) -> torch.Tensor:
+        return images * 2.0 - 1.0  # [0, 1] -> [-1, 1]
+
+    def _check_images(self, images: torch.Tensor) -> None:
+        c, s = self.config.channels, self.config.image_size
+        if images.ndim != 4 or images.shape[1] != c or images.shape[2] != s or images.shape[3] != s:
+            raise ValueError(f"expected images of shape (B, {c}, {s}, {s}), got {tuple(images.shape)}")
+
+    def _decode_output(self, out: torch.Tensor) -> torch.Tensor:
+        """Decoder output -> image mean in [0, 1] (not yet clamped)."""
+        if self.config.recon_loss == "logit_laplace":
+            mu = torch.sigmoid(out[:, : self.config.channels].float())
+            return (mu - LOGIT_LAPLACE_EPS) / (1 - 2 * LOGIT_LAPLACE_EPS)
+        return out.float() * 0.5 + 0.5
+
+    def _recon_loss(self, out: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+        """Per-dimension reconstruction loss (mean over pixels and channels)."""
+        if self.config.recon_loss == "mse":
+            return F.mse_loss(out.float() * 0.5 + 0.5, images)
+        # logit-Laplace (DALL-E, eq. 2) on pixels mapped to [eps, 1 - eps]
+        c = self.config.channels
+        eps = LOGIT_LAPLACE_EPS
+        x = images * (1 - 2 * eps) + eps
+        mu, log_b = out[:, :c].float(), out[:, c:].float().clamp(-7.0, 7.0)
+        nll = math.log(2.0) + log_b + torch.log(x * (1 - x)) + (torch.logit(x) - mu).abs() * torch.exp(-log_b)
+        return nll.mean()
+
+    # --------------------------------------------------------------- encoding
+    def encoder_logits(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) -> (B, K, h, w): code logits (gumbel) or negative distances (vq)."""
+        z = self.encoder(self._normalize(images))
+        if self.config.quantizer == "gumbel":
+            return z
+        return -self._distances(z)
+
+    def _distances(self, z: torch.Tensor) -> torch.Tensor:
+        """Squared distances (B, K, h, w) from encoder vectors z (B, D, h, w) to every code."""
+        e = self.codebook.weight.float()  # (K, D)
+        z = z.float()
+        zz = z.pow(2).sum(1, keepdim=True)  # (B, 1, h, w)
+        ze = torch.einsum("bdhw,kd->bkhw", z, e)
+        return zz - 2 * ze + e.pow(2).sum(1)[None, :, None, None]
+
+    @torch.no_grad()
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """Images (B, 3, H, W) in [0, 1] -> codes (B, h, w), int64, deterministic."""
+        self._check_images(images)
+        return self.encoder_logits(images).argmax(dim=1)
+
+    @torch.no_grad()
+    def get_codebook_indices(self, images: torch.Tensor) -> torch.Tensor:
+        """DALLE-pytorch's name: images -> flattened codes (B, h*w)."""
+        return self.encode(images).flatten(1)
+
+    @torch.no_grad()
+    def decode(self, codes: torch.Tensor) -> torch.Tensor:
+        """Codes (B, h, w) or (B, h*w) -> images (B, 3, H, W) in [0, 1]."""
+        g = self.grid_size
+        if codes.ndim == 2:
+            codes = codes.view(codes.shape[0], g, g)
+        if codes.ndim != 3 or codes.shape[1:] != (g, g):
+            raise ValueError(f"expected codes of shape (B, {g}, {g}) or (B, {g * g}), got {tuple(codes.shape)}")
+        if codes.numel() and (codes.min() < 0 or codes.max() >= self.num_codes):
+            raise ValueError(f"codes must lie in [0, {self.num_codes})")
+        z = self.codebook(codes).permute(0, 3, 1, 2)  # (B, D, h, w)
+        return self._decode_output(self.decoder(z)).clamp(0, 1)
+
+    @torch.no_grad()
+    def reconstruct(self, images: torch.Tensor) -> torch.Tensor:
+        """The round trip through the codes: decode(encode(images))."""
+        return self.decode(self.encode(images))
+
+    # --------------------------------------------------------------- training
+    def forward(self, images: torch.Tensor, temperature: float = 1.0, kl_weight: float = 0.0) -> DVAEOutput:
+        """A training pass. `temperature` is tau (gumbel); `kl_weight` is beta (both quantizers)."""
+        self._check_images(images)
+        h = self.encoder(self._normalize(images))
+        if self.config.quantizer == "gumbel":
+            z, kl, codes = self._gumbel(h, temperature)
+            reg = kl
+        else:
+            z, reg, codes, kl = self._vq(h, kl_weight)
+        out = self.decoder(z)
+        recon_loss = self._recon_loss(out, images)
+        # KL summed over the grid, divided by pixel values per image: the paper's beta / 192
+        pixels = self.config.channels * self.config.image_size**2
+        cells = self.grid_size**2
+        if self.config.quantizer == "gumbel":
+            loss = recon_loss + kl_weight * kl * cells / pixels
+        else:
+            loss = recon_loss + reg
+        recon = self._decode_output(out).detach()
+        mse = F.mse_loss(recon.clamp(0, 1), images)
+        return DVAEOutput(loss, recon_loss.detach(), kl.detach(), mse, recon.clamp(0, 1), codes)
+
+    def _gumbel(self, logits: torch.Tensor, temperature: float):
+        """Relaxed one-hot over codes -> codebook mixture. Returns z (B, D, h, w), KL per cell, codes."""
+        logits = logits.float().permute(0, 2, 3, 1)  # (B, h, w, K): softmax over a contiguous dim
+        soft = F.gumbel_softmax(logits, tau=temperature, hard=self.config.straight_through, dim=-1)
+        z = torch.matmul(soft.to(self.codebook.weight.dtype), self.codebook.weight)  # (B, h, w, D)
+        log_q = F.log_softmax(logits, dim=-1)
+        kl = (log_q.exp() * log_q).sum(-1).mean() + math.log(self.num_codes)  # nats per cell
+        return z.permute(0, 3, 1, 2), kl, logits.detach().argmax(-1)
+
+    def _vq(self, z: torch.Tensor, beta: float):
+        """Nearest code with a straight-through gradient. Returns z_q, loss term, codes, commitment."""
+        codes = self._distances(z.detach()).argmin(1)  # (B, h, w)
+        e = self.codebook(codes).permute(0, 3, 1, 2)  # (B, D, h, w)
+        z = z.float()
+        commitment = F.mse_loss(z, e.detach())
+        if self.config.vq_ema:
+            if self.training:
+                self._ema_update(z.detach(), codes)
+            loss = beta * commitment
+        else:
+            loss = F.mse_loss(e, z.detach()) + beta * commitment
+        z_q = z + (e - z).detach()  # straight-through
+        return z_q, loss, codes, commitment.detach()
+
+    @torch.no_grad()
+    def _ema_update(self, z: torch.Tensor, codes: torch.Tensor) -> None:
+        """EMA codebook (van den Oord et al., appendix) with optional dead-code restarts.
+
+        Batch statistics are summed over processes, so every rank keeps the same codebook.
+        """
+        k, d = self.config.num_codes, self.config.codebook_dim
+        flat = z.permute(0, 2, 3, 1).reshape(-1, d)
+        onehot = F.one_hot(codes.reshape(-1), k).float()
+        counts, sums = onehot.sum(0), onehot.t() @ flat
+        distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+        if distributed:
+            torch.distributed.all_reduce(counts)
+            torch.distributed.all_reduce(sums)
+        decay = self.config.vq_ema_decay
+        self.ema_count.mul_(decay).add_(counts, alpha=1 - decay)
+        self.ema_sum.mul_(decay).add_(sums, alpha=1 - decay)
+        n = self.ema_count.sum()
+        smoothed = (self.ema_count + 1e-5) / (n + k * 1e-5) * n  # Laplace smoothing
+        self.codebook.weight.copy_(self.ema_sum / smoothed[:, None])
+        if self.config.vq_restart_dead:
+            dead = self.ema_count < 1e-3 * n / k
+            if dead.any():
+                picks = torch.randint(0, flat.shape[0], (int(dead.sum()),), device=flat.device)
+                fresh = flat[picks]
+                if distributed:
+                    torch.distributed.broadcast(fresh, src=0)
+                self.codebook.weight[dead] = fresh
+                self.ema_sum[dead] = fresh
+                self.ema_count[dead] = 1.0
+
+    # ---------------------------------------------------------- persistence
+    def save_pretrained(self, folder: str | Path) -> Path:
+        """Write `config.json` + `model.safetensors` (atomically)."""
+        return save_model_folder(folder, KIND, asdict(self.config), self.state_dict())
+
+    @classmethod
+    def from_pretrained(cls, folder: str | Path, map_location: str | torch.device = "cpu") -> "DiscreteVAE":
+        """Load a saved image tokenizer; a folder of anything else is a clear `UserError`."""
+        config = DVAEConfig.from_dict(read_config(folder, KIND))
+        model = cls(config)
+        load_state_strict(model, load_weights(folder), folder)
+        return model.to(map_location).eval()
+
+    def content_hash(self) -> str:
+        """Identifies these exact weights: stage 2 records it and refuses another tokenizer."""
+        return content_hash(asdict(self.config), self.state_dict())

@@ -1,0 +1,244 @@
+"""Stage 1 trainer: the dVAE *image* tokenizer (not the text tokenizer).
+
+    python train_tokenizer.py --data data/shapes-train --output_dir runs/tok
+    accelerate launch --multi_gpu --num_processes 2 train_tokenizer.py ...   # several processes
+
+Writes OUTPUT_DIR/log.jsonl (one JSON object per logged step),
+OUTPUT_DIR/checkpoints/step-N (resumable with --resume_from_checkpoint latest),
+OUTPUT_DIR/samples/recon-step-N.png (originals above reconstructions) and the
+finished tokenizer in OUTPUT_DIR/image_tokenizer/.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from . import schedules
+from .args import arg, parse_args
+from .data import CaptionedImages, DataArguments, load_captioned_dataset, load_image_tensor
+from .dvae import PRESETS, DiscreteVAE, DVAEConfig
+from .metrics import codebook_stats, psnr
+from .training import (
+    MetricsLog,
+    TrainingArguments,
+    TrainState,
+    build_optimizer,
+    check_output_dir,
+    endless_batches,
+    make_accelerator,
+    resolve_checkpoint,
+    save_checkpoint,
+    save_image_grid,
+    set_learning_rate,
+)
+
+logger = logging.getLogger("minidalle")
+
+PRELOAD_LIMIT_BYTES = 2 * 1024**3
+COLLAPSE_USAGE = 0.10
+
+
+@dataclass
+class TokenizerArguments:
+    """The image tokenizer's shape and its stage-1 schedules (unset fields come from --preset)."""
+
+    quantizer: str = arg("gumbel", help="gumbel (DALL-E dVAE) or vq (VQ-VAE).")
+    num_codes: int = arg(0, help="Codebook size K (0: the preset's).")
+    codebook_dim: int = arg(0, help="Dimension of each codebook vector (0: the preset's).")
+    widths: str = arg("", help="Comma-separated channel widths, one per down-sampling, e.g. 32,64,128 (grid = resolution / 2**n).")
+    res_blocks: int = arg(-1, help="Residual blocks per level (-1: the preset's).")
+    recon_loss: str = arg("mse", help="mse, or logit_laplace (the DALL-E paper's, eps = 0.1).")
+    straight_through: bool = arg(False, help="gumbel: hard one-hot forward with a soft gradient.")
+    kl_weight: float = arg(0.05, help="beta: weight of KL(q||uniform) (gumbel) or of the commitment loss (vq); per pixel dim, as the paper's beta/192.")
+    kl_warmup_steps: int = arg(0, help="beta rises linearly from 0 over this many steps.")
+    temperature_start: float = arg(1.0, help="Gumbel-Softmax temperature at step 0.")
+    temperature_end: float = arg(1 / 16, help="Temperature at the end of the anneal (DALL-E: 1/16).")
+    temperature_steps: int = arg(0, help="Anneal steps (0: 80%% of --max_steps).")
+    temperature_schedule: str = arg("exp", help="exp or cosine.")
+    vq_ema: bool = arg(False, help="vq: EMA codebook updates instead of the codebook loss.")
+    vq_restart_dead: bool = arg(False, help="vq: re-seed dead codes from encoder outputs.")
+    eval_data: str = arg("", help="A separate set for held-out PSNR (default: --eval_examples held out of --data).")
+    eval_examples: int = arg(256, help="Examples held out of --data for evaluation when --eval_data is not given.")
+
+    def model_config(self, preset: str, resolution: int) -> DVAEConfig:
+        from .args import UserError
+
+        if preset not in PRESETS:
+            raise UserError(f"--preset must be one of {', '.join(PRESETS)}, got {preset!r}")
+        values = dict(PRESETS[preset], image_size=resolution, quantizer=self.quantizer, recon_loss=self.recon_loss)
+        values.update(straight_through=self.straight_through, vq_ema=self.vq_ema, vq_restart_dead=self.vq_restart_dead)
+        if self.num_codes:
+            values["num_codes"] = self.num_codes
+        if self.codebook_dim:
+            values["codebook_dim"] = self.codebook_dim
+        if self.widths:
+            try:
+                values["widths"] = [int(w) for w in self.widths.split(",")]
+            except ValueError:
+                raise UserError(f"--widths must be comma-separated integers, got {self.widths!r}") from None
+        if self.res_blocks >= 0:
+            values["res_blocks"] = self.res_blocks
+        return DVAEConfig(**values)
+
+
+def _image_source(data_args: DataArguments, ds, progress: bool):
+    """A torch dataset of images: preloaded uint8 when it fits in memory, else decoded per item."""
+    r = data_args.resolution
+    if not data_args.random_crop and len(ds) * 3 * r * r <= PRELOAD_LIMIT_BYTES:
+        return torch.utils.data.TensorDataset(load_image_tensor(ds, data_args, progress=progress))
+    return CaptionedImages(ds, data_args, with_captions=False)
+
+
+def _images(batch) -> torch.Tensor:
+    if isinstance(batch, dict):
+        return batch["pixel_values"]
+    images = batch[0]
+    return images.float().div_(255.0) if images.dtype == torch.uint8 else images
+
+
+@torch.no_grad()
+def evaluate(model: DiscreteVAE, images: torch.Tensor, batch_size: int = 128) -> dict:
+    """Held-out PSNR of the argmax-code round trip, and codebook use, on `images` (N, 3, H, W) in [0, 1]."""
+    model.eval()
+    se, codes = [], []
+    for chunk in images.split(batch_size):
+        c = model.encode(chunk)
+        se.append((model.decode(c) - chunk).pow(2).flatten(1).mean(1))
+        codes.append(c.flatten())
+    model.train()
+    stats = codebook_stats(torch.bincount(torch.cat(codes), minlength=model.num_codes))
+    mse = torch.cat(se)
+    return {"eval_psnr": psnr(mse.mean()), "eval_psnr_per_image": psnr(mse).mean().item(), **{f"eval_{k}": v for k, v in stats.items()}}
+
+
+def train(data_args: DataArguments, args: TrainingArguments, tok_args: TokenizerArguments) -> Path:
+    accelerator = make_accelerator(args)
+    main = accelerator.is_main_process
+    out_dir = check_output_dir(args.output_dir)
+    config = tok_args.model_config(args.preset, data_args.resolution)
+
+    # ---- data: validated before any step
+    ds = load_captioned_dataset(data_args, require_captions=False)
+    if tok_args.eval_data:
+        eval_ds = load_captioned_dataset(DataArguments(**{**asdict(data_args), "data": tok_args.eval_data}), require_captions=False)
+    else:
+        n_eval = min(tok_args.eval_examples, len(ds) // 10)
+        eval_ds, ds = ds.select(range(len(ds) - n_eval, len(ds))), ds.select(range(len(ds) - n_eval))
+    train_set = _image_source(data_args, ds, progress=main)
+    eval_images = load_image_tensor(eval_ds, data_args, progress=False).float() / 255 if len(eval_ds) else None
+    loader = torch.utils.data.DataLoader(
+        train_set, batch_size=args.batch_size, shuffle=True, drop_last=True, num_workers=args.num_workers
+    )
+
+    model = DiscreteVAE(config).to(memory_format=torch.channels_last)  # faster convolutions (oneDNN, cuDNN)
+    optimizer = build_optimizer(model, args)
+    model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
+    state = TrainState()
+    accelerator.register_for_checkpointing(state)
+    resume = resolve_checkpoint(args.output_dir, args.resume_from_checkpoint)
+    if resume is not None:
+        accelerator.load_state(str(resume))
+        logger.info("resumed from %s at step %d", resume, state.step)
+    if main:
+        (out_dir / "train_config.json").write_text(
+            json.dumps({"data": asdict(data_args), "training": asdict(args), "tokenizer": asdict(tok_args), "model": asdict(config)}, indent=2)
+        )
+        accelerator.init_trackers("minidalle-image-tokenizer", config={k: v for k, v in asdict(args).items() if isinstance(v, (int, float, str, bool))})
+        n_params = sum(p.numel() for p in model.parameters())
+        logger.info("image tokenizer: %s, %d params, %d codes on a %dx%d grid; %d training images, %d processes",
+                    config.quantizer, n_params, config.num_codes, config.grid_size, config.grid_size, len(ds), accelerator.num_processes)
+
+    tau_steps = tok_args.temperature_steps or int(0.8 * args.max_steps)
+    log = MetricsLog(accelerator, out_dir)
+    raw_model = accelerator.unwrap_model(model)
+    preview = (eval_images if eval_images is not None else _images(next(iter(loader))).cpu())[:8]
+    window = {"loss": 0.0, "recon": 0.0, "kl": 0.0, "mse": 0.0, "n": 0}
+    histogram = torch.zeros(config.num_codes, device=accelerator.device, dtype=torch.long)
+    low_usage_logs = 0
+    bar = tqdm(total=args.max_steps, initial=state.step, disable=not main, desc="image tokenizer", dynamic_ncols=True)
+    model.train()
+    for batch in endless_batches(loader, accelerator, state.step):
+        if state.step >= args.max_steps:
+            break
+        step = state.step
+        tau = schedules.temperature(step, tok_args.temperature_start, tok_args.temperature_end, tau_steps, tok_args.temperature_schedule)
+        beta = schedules.kl_weight(step, tok_args.kl_weight, tok_args.kl_warmup_steps)
+        lr = schedules.learning_rate(step, args.learning_rate, args.warmup_steps, args.max_steps, args.min_lr_ratio)
+        images = _images(batch).contiguous(memory_format=torch.channels_last)
+        with accelerator.accumulate(model):
+            with accelerator.autocast():
+                out = model(images, temperature=tau, kl_weight=beta)
+            accelerator.backward(out.loss)
+            if accelerator.sync_gradients and args.max_grad_norm > 0:
+                accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+            set_learning_rate(optimizer, lr)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        # accumulate on device: no host sync inside the step
+        for key, value in (("loss", out.loss), ("recon", out.recon_loss), ("kl", out.kl), ("mse", out.mse)):
+            window[key] = window[key] + value.detach().float()
+        window["n"] += 1
+        histogram += torch.bincount(out.codes.flatten(), minlength=config.num_codes)
+        if not accelerator.sync_gradients:
+            continue
+        state.step += 1
+        bar.update(1)
+        if state.step % args.logging_steps == 0 or state.step == args.max_steps:
+            n = window.pop("n")
+            means = {k: accelerator.reduce(v / n, reduction="mean").item() for k, v in window.items()}
+            stats = codebook_stats(accelerator.reduce(histogram, reduction="sum"))
+            metrics = {**means, "psnr": psnr(torch.tensor(means["mse"])), "temperature": tau, "kl_weight": beta, "lr": lr, **stats}
+            log.log(state.step, metrics)
+            bar.set_postfix(loss=f"{means['loss']:.4f}", psnr=f"{metrics['psnr']:.1f}", usage=f"{stats['codebook_usage']:.0%}")
+            if stats["codebook_usage"] < COLLAPSE_USAGE and main:
+                if low_usage_logs % 10 == 0:
+                    logger.warning("codebook collapse alarm at step %d: only %.1f%% of %d codes used (%d dead)",
+                                   state.step, 100 * stats["codebook_usage"], config.num_codes, stats["dead_codes"])
+                low_usage_logs += 1
+            window = {"loss": 0.0, "recon": 0.0, "kl": 0.0, "mse": 0.0, "n": 0}
+            histogram.zero_()
+        if main and args.image_steps and (state.step % args.image_steps == 0 or state.step == args.max_steps):
+            _save_preview(raw_model, preview, out_dir / "samples" / f"recon-step-{state.step:07d}.png")
+        if args.checkpointing_steps and state.step % args.checkpointing_steps == 0 and state.step < args.max_steps:
+            save_checkpoint(accelerator, args, state.step)
+    bar.close()
+
+    save_checkpoint(accelerator, args, state.step)
+    final = out_dir / "image_tokenizer"
+    if main:
+        raw_model.save_pretrained(final)
+        if eval_images is not None:
+            result = {"step": state.step, **evaluate(raw_model, eval_images.to(accelerator.device))}
+            (out_dir / "eval.json").write_text(json.dumps(result, indent=2) + "\n")
+            log.log(state.step, result)
+            logger.info("held-out PSNR %.2f dB, codebook usage %.1f%% (%d images)",
+                        result["eval_psnr"], 100 * result["eval_codebook_usage"], len(eval_images))
+        logger.info("saved the image tokenizer to %s", final)
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return final
+
+
+@torch.no_grad()
+def _save_preview(model: DiscreteVAE, images: torch.Tensor, path: Path) -> None:
+    model.eval()
+    recon = model.reconstruct(images.to(next(model.parameters()).device)).cpu()
+    model.train()
+    save_image_grid([images, recon], path)
+
+
+def main(argv: list[str] | None = None) -> None:
+    data_args, args, tok_args, _ = parse_args(
+        [DataArguments, TrainingArguments, TokenizerArguments],
+        argv,
+        prog="train_tokenizer.py",
+        description="Stage 1: train the dVAE IMAGE tokenizer (images <-> grids of discrete codes) on captioned images.",
+    )
+    train(data_args, args, tok_args)
