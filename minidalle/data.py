@@ -48,6 +48,17 @@ class DataArguments:
     max_examples: int = arg(0, help="Use only the first N examples (0: all).")
 
 
+def _unicode_error(exc: BaseException | None) -> UnicodeDecodeError | None:
+    """The UnicodeDecodeError behind `exc` (its cause or context chain), if any."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, UnicodeDecodeError):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
 def _load_raw(data: str, split: str):
     import datasets
 
@@ -65,9 +76,13 @@ def _load_raw(data: str, split: str):
             loaded = datasets.load_dataset(data)
     except UserError:
         raise
-    except UnicodeDecodeError as exc:
-        raise UserError(f"--data {data}: metadata is not valid UTF-8 ({exc.reason} at byte {exc.start})") from None
     except Exception as exc:  # noqa: BLE001 - datasets raises many types; all mean "cannot read this data"
+        bad_text = _unicode_error(exc)  # datasets wraps it in DatasetGenerationError
+        if bad_text is not None:
+            snippet = bad_text.object[max(0, bad_text.start - 20) : bad_text.end + 20]
+            raise UserError(
+                f"--data {data}: metadata is not valid UTF-8 ({bad_text.reason} in {snippet!r}); save it as UTF-8"
+            ) from None
         raise UserError(f"--data {data}: cannot load ({type(exc).__name__}: {exc})") from None
     if isinstance(loaded, datasets.DatasetDict):
         if split not in loaded:
@@ -168,8 +183,9 @@ def to_rgb(image: Image.Image) -> Image.Image:
         return image
     if image.mode in ("I;16", "I;16B", "I;16L", "I"):
         array = np.asarray(image, dtype=np.float64)
-        scale = 65535.0 if array.max() > 255 else 255.0
-        return Image.fromarray((array / scale * 255).round().astype(np.uint8)).convert("RGB")
+        # I;16 is 16-bit by definition (a dark image is still dark); plain I may hold 8-bit values
+        scale = 65535.0 if image.mode != "I" or array.max() > 255 else 255.0
+        return Image.fromarray((array / scale * 255).round().clip(0, 255).astype(np.uint8)).convert("RGB")
     if image.mode == "P" and "transparency" in image.info or image.mode in ("RGBA", "LA", "PA"):
         rgba = image.convert("RGBA")
         white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))

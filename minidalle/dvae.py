@@ -239,13 +239,16 @@ class DiscreteVAE(nn.Module):
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
         """Codes (B, h, w) or (B, h*w) -> images (B, 3, H, W) in [0, 1]."""
         g = self.grid_size
-        if codes.ndim == 2:
-            codes = codes.view(codes.shape[0], g, g)
+        shape = tuple(codes.shape)
+        if codes.ndim == 2 and codes.shape[1] == g * g:
+            codes = codes.reshape(codes.shape[0], g, g)
         if codes.ndim != 3 or codes.shape[1:] != (g, g):
-            raise ValueError(f"expected codes of shape (B, {g}, {g}) or (B, {g * g}), got {tuple(codes.shape)}")
+            raise ValueError(f"expected codes of shape (B, {g}, {g}) or (B, {g * g}), got {shape}")
+        if codes.is_floating_point() or codes.is_complex() or codes.dtype == torch.bool:
+            raise ValueError(f"codes must be integers, got {codes.dtype}")
         if codes.numel() and (codes.min() < 0 or codes.max() >= self.num_codes):
             raise ValueError(f"codes must lie in [0, {self.num_codes})")
-        z = self.codebook(codes).permute(0, 3, 1, 2)  # (B, D, h, w)
+        z = self.codebook(codes.long()).permute(0, 3, 1, 2)  # (B, D, h, w); cached codes are int16
         return self._decode_output(self.decoder(z)).clamp(0, 1)
 
     @torch.no_grad()

@@ -13,12 +13,10 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
 from . import schedules
 from .args import arg, parse_args
@@ -26,17 +24,16 @@ from .data import CaptionedImages, DataArguments, load_captioned_dataset, load_i
 from .dvae import PRESETS, DiscreteVAE, DVAEConfig
 from .metrics import codebook_stats, psnr
 from .training import (
-    MetricsLog,
     TrainingArguments,
     TrainState,
     build_optimizer,
     check_output_dir,
-    endless_batches,
     make_accelerator,
     resolve_checkpoint,
     save_checkpoint,
     save_image_grid,
-    set_learning_rate,
+    train_loop,
+    write_run_summary,
 )
 
 logger = logging.getLogger("minidalle")
@@ -156,68 +153,45 @@ def train(data_args: DataArguments, args: TrainingArguments, tok_args: Tokenizer
                     config.quantizer, n_params, config.num_codes, config.grid_size, config.grid_size, len(ds), accelerator.num_processes)
 
     tau_steps = tok_args.temperature_steps or int(0.8 * args.max_steps)
-    log = MetricsLog(accelerator, out_dir)
     raw_model = accelerator.unwrap_model(model)
     preview = (eval_images if eval_images is not None else _images(next(iter(loader))).cpu())[:8]
-    window = {"loss": 0.0, "recon": 0.0, "kl": 0.0, "mse": 0.0, "n": 0}
-    histogram = torch.zeros(config.num_codes, device=accelerator.device, dtype=torch.long)
-    low_usage_logs = 0
-    bar = tqdm(total=args.max_steps, initial=state.step, disable=not main, desc="image tokenizer", dynamic_ncols=True)
-    model.train()
-    for batch in endless_batches(loader, accelerator, state.step):
-        if state.step >= args.max_steps:
-            break
-        step = state.step
+    alarms = 0
+
+    def schedules_at(step: int) -> tuple[float, float]:
         tau = schedules.temperature(step, tok_args.temperature_start, tok_args.temperature_end, tau_steps, tok_args.temperature_schedule)
-        beta = schedules.kl_weight(step, tok_args.kl_weight, tok_args.kl_warmup_steps)
-        lr = schedules.learning_rate(step, args.learning_rate, args.warmup_steps, args.max_steps, args.min_lr_ratio)
-        images = _images(batch).contiguous(memory_format=torch.channels_last)
-        with accelerator.accumulate(model):
-            with accelerator.autocast():
-                out = model(images, temperature=tau, kl_weight=beta)
-            accelerator.backward(out.loss)
-            if accelerator.sync_gradients and args.max_grad_norm > 0:
-                accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
-            set_learning_rate(optimizer, lr)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-        # accumulate on device: no host sync inside the step
-        for key, value in (("loss", out.loss), ("recon", out.recon_loss), ("kl", out.kl), ("mse", out.mse)):
-            window[key] = window[key] + value.detach().float()
-        window["n"] += 1
-        histogram += torch.bincount(out.codes.flatten(), minlength=config.num_codes)
-        if not accelerator.sync_gradients:
-            continue
-        state.step += 1
-        bar.update(1)
-        if state.step % args.logging_steps == 0 or state.step == args.max_steps:
-            n = window.pop("n")
-            means = {k: accelerator.reduce(v / n, reduction="mean").item() for k, v in window.items()}
-            stats = codebook_stats(accelerator.reduce(histogram, reduction="sum"))
-            metrics = {**means, "psnr": psnr(torch.tensor(means["mse"])), "temperature": tau, "kl_weight": beta, "lr": lr, **stats}
-            log.log(state.step, metrics)
-            bar.set_postfix(loss=f"{means['loss']:.4f}", psnr=f"{metrics['psnr']:.1f}", usage=f"{stats['codebook_usage']:.0%}")
-            if stats["codebook_usage"] < COLLAPSE_USAGE and main:
-                if low_usage_logs % 10 == 0:
-                    logger.warning("codebook collapse alarm at step %d: only %.1f%% of %d codes used (%d dead)",
-                                   state.step, 100 * stats["codebook_usage"], config.num_codes, stats["dead_codes"])
-                low_usage_logs += 1
-            window = {"loss": 0.0, "recon": 0.0, "kl": 0.0, "mse": 0.0, "n": 0}
-            histogram.zero_()
-        if main and args.image_steps and (state.step % args.image_steps == 0 or state.step == args.max_steps):
-            _save_preview(raw_model, preview, out_dir / "samples" / f"recon-step-{state.step:07d}.png")
-        if args.checkpointing_steps and state.step % args.checkpointing_steps == 0 and state.step < args.max_steps:
-            save_checkpoint(accelerator, args, state.step)
-    bar.close()
+        return tau, schedules.kl_weight(step, tok_args.kl_weight, tok_args.kl_warmup_steps)
+
+    def step_fn(batch, step: int):
+        tau, beta = schedules_at(step)
+        out = model(_images(batch).contiguous(memory_format=torch.channels_last), temperature=tau, kl_weight=beta)
+        histogram = torch.bincount(out.codes.flatten(), minlength=config.num_codes).float()
+        return out.loss, {"recon": out.recon_loss, "kl": out.kl, "mse": out.mse, "code_histogram": histogram}
+
+    def on_log(step: int, means: dict) -> dict:
+        nonlocal alarms
+        tau, beta = schedules_at(step - 1)
+        stats = codebook_stats(means["code_histogram"])
+        if stats["codebook_usage"] < COLLAPSE_USAGE and main:
+            if alarms % 10 == 0:  # say it, but not at every log line
+                logger.warning("codebook collapse alarm at step %d: only %.1f%% of %d codes used (%d dead)",
+                               step, 100 * stats["codebook_usage"], config.num_codes, stats["dead_codes"])
+            alarms += 1
+        return {"psnr": psnr(means["mse"]), "temperature": tau, "kl_weight": beta, **stats}
+
+    def on_step(step: int) -> None:
+        if main and args.image_steps and (step % args.image_steps == 0 or step == args.max_steps):
+            _save_preview(raw_model, preview, out_dir / "samples" / f"recon-step-{step:07d}.png")
+
+    train_loop(accelerator, args, model, optimizer, loader, state, step_fn, on_log, on_step, desc="image tokenizer")
 
     save_checkpoint(accelerator, args, state.step)
+    write_run_summary(accelerator, args, model, state.step)
     final = out_dir / "image_tokenizer"
     if main:
         raw_model.save_pretrained(final)
         if eval_images is not None:
             result = {"step": state.step, **evaluate(raw_model, eval_images.to(accelerator.device))}
             (out_dir / "eval.json").write_text(json.dumps(result, indent=2) + "\n")
-            log.log(state.step, result)
             logger.info("held-out PSNR %.2f dB, codebook usage %.1f%% (%d images)",
                         result["eval_psnr"], 100 * result["eval_codebook_usage"], len(eval_images))
         logger.info("saved the image tokenizer to %s", final)

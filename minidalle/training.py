@@ -211,3 +211,94 @@ def save_image_grid(rows: list[torch.Tensor], path: str | Path) -> Path:
     Image.fromarray(array).save(tmp, format="PNG")
     os.replace(tmp, path)
     return path
+
+
+def ranks_in_sync(accelerator: Accelerator, model: torch.nn.Module) -> bool:
+    """True when every process holds the same weights (a cheap checksum per tensor, gathered)."""
+    with torch.no_grad():
+        sums = torch.stack([p.detach().double().sum() for p in accelerator.unwrap_model(model).state_dict().values()])
+    gathered = accelerator.gather(sums.to(accelerator.device)[None])  # (processes, tensors)
+    return bool((gathered == gathered[0:1]).all())
+
+
+def write_run_summary(accelerator: Accelerator, args: TrainingArguments, model: torch.nn.Module, step: int, extra: dict | None = None) -> dict:
+    """Record how the run ended (`OUTPUT_DIR/run_summary.json`): step, processes, whether ranks agree."""
+    summary = {
+        "step": step,
+        "num_processes": accelerator.num_processes,
+        "mixed_precision": accelerator.mixed_precision,
+        "device": str(accelerator.device),
+        "ranks_in_sync": ranks_in_sync(accelerator, model),
+        **(extra or {}),
+    }
+    if not summary["ranks_in_sync"]:
+        logger.error("the processes ended with different weights: the run is not trustworthy")
+    if accelerator.is_main_process:
+        (Path(args.output_dir) / "run_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def train_loop(
+    accelerator: Accelerator,
+    args: TrainingArguments,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    loader,
+    state: TrainState,
+    step_fn,
+    on_log=None,
+    on_step=None,
+    desc: str = "training",
+) -> None:
+    """The step-based loop both trainers run.
+
+    `step_fn(batch, step) -> (loss, metrics)`: the forward pass; `metrics` maps
+    names to tensors that are averaged on the device over each logging window
+    (no host sync inside a step). `on_log(step, means) -> dict` adds figures
+    derived from the window means; `on_step(step)` runs after every optimizer
+    step (pictures, evaluation). The learning rate is a pure function of the step.
+    """
+    from tqdm.auto import tqdm
+
+    from .schedules import learning_rate
+
+    log = MetricsLog(accelerator, args.output_dir)
+    window: dict[str, torch.Tensor] = {}
+    count = 0
+    bar = tqdm(total=args.max_steps, initial=state.step, disable=not accelerator.is_main_process, desc=desc, dynamic_ncols=True)
+    model.train()
+    for batch in endless_batches(loader, accelerator, state.step):
+        if state.step >= args.max_steps:
+            break
+        lr = learning_rate(state.step, args.learning_rate, args.warmup_steps, args.max_steps, args.min_lr_ratio)
+        with accelerator.accumulate(model):
+            with accelerator.autocast():
+                loss, metrics = step_fn(batch, state.step)
+            accelerator.backward(loss)
+            if accelerator.sync_gradients and args.max_grad_norm > 0:
+                accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+            set_learning_rate(optimizer, lr)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        for key, value in {"loss": loss, **metrics}.items():
+            value = value.detach().float()
+            window[key] = window[key] + value if key in window else value
+        count += 1
+        if not accelerator.sync_gradients:
+            continue
+        state.step += 1
+        bar.update(1)
+        if state.step % args.logging_steps == 0 or state.step == args.max_steps:
+            means = {k: accelerator.reduce(v / count, reduction="mean") for k, v in window.items()}
+            figures = {k: v.item() for k, v in means.items() if v.ndim == 0}
+            figures["lr"] = lr
+            if on_log is not None:
+                figures.update(on_log(state.step, means))
+            log.log(state.step, figures)
+            bar.set_postfix({k: f"{figures[k]:.4g}" for k in list(figures)[:3]})
+            window, count = {}, 0
+        if on_step is not None:
+            on_step(state.step)
+        if args.checkpointing_steps and state.step % args.checkpointing_steps == 0 and state.step < args.max_steps:
+            save_checkpoint(accelerator, args, state.step)
+    bar.close()

@@ -1,0 +1,114 @@
+"""train_tokenizer.py end to end, on tiny configs: loss falls, resume is exact, two processes agree."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from accelerate.state import AcceleratorState
+
+from minidalle.args import UserError
+from minidalle.dvae import DiscreteVAE
+from minidalle.shapes import make_shapes
+from minidalle.train_tokenizer import main as train_main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def shapes_dir(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("shapes")
+    make_shapes(out, "train", 96, seed=0, workers=1, progress=False)
+    return out
+
+
+def tiny_args(data: Path, out: Path, *extra: str) -> list[str]:
+    return [
+        "--data", str(data), "--output_dir", str(out), "--preset", "tiny", "--resolution", "32",
+        "--batch_size", "8", "--learning_rate", "3e-3", "--warmup_steps", "2", "--logging_steps", "5",
+        "--image_steps", "0", "--eval_examples", "16", "--mixed_precision", "no", *extra,
+    ]
+
+
+def run(argv: list[str]) -> None:
+    AcceleratorState._reset_state(reset_partial_state=True)
+    train_main(argv)
+
+
+def read_log(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+
+
+def test_loss_falls_and_outputs_are_written(shapes_dir, tmp_path):
+    out = tmp_path / "run"
+    run(tiny_args(shapes_dir, out, "--max_steps", "40", "--checkpointing_steps", "20", "--image_steps", "20"))
+    log = [r for r in read_log(out) if "loss" in r]
+    assert log[-1]["loss"] < 0.7 * log[0]["loss"]
+    for key in ("recon", "kl", "temperature", "kl_weight", "lr", "psnr", "codebook_usage", "codebook_perplexity", "dead_codes"):
+        assert key in log[0]
+    assert log[-1]["temperature"] < log[0]["temperature"]  # annealed
+    assert (out / "samples" / "recon-step-0000020.png").is_file()
+    assert [p.name for p in sorted((out / "checkpoints").iterdir())] == ["step-0000020", "step-0000040"]
+    model = DiscreteVAE.from_pretrained(out / "image_tokenizer")
+    assert model.config.image_size == 32
+    evaluation = json.loads((out / "eval.json").read_text())
+    assert evaluation["eval_psnr"] > log[0]["psnr"]
+
+
+def test_resume_continues_at_the_saved_step_exactly(shapes_dir, tmp_path):
+    full = tmp_path / "full"
+    run(tiny_args(shapes_dir, full, "--max_steps", "20", "--checkpointing_steps", "10", "--checkpoints_total_limit", "5"))
+    resumed = tmp_path / "resumed"
+    (resumed / "checkpoints").mkdir(parents=True)
+    shutil.copytree(full / "checkpoints" / "step-0000010", resumed / "checkpoints" / "step-0000010")
+    run(tiny_args(shapes_dir, resumed, "--max_steps", "20", "--checkpointing_steps", "10", "--resume_from_checkpoint", "latest"))
+    steps = [r["step"] for r in read_log(resumed) if "loss" in r]
+    assert steps[0] == 15  # continued after step 10, did not restart
+    a = {r["step"]: r["loss"] for r in read_log(full) if "loss" in r}
+    b = {r["step"]: r["loss"] for r in read_log(resumed) if "loss" in r}
+    assert a[20] == pytest.approx(b[20], rel=1e-6)
+    wa = DiscreteVAE.from_pretrained(full / "image_tokenizer").state_dict()
+    wb = DiscreteVAE.from_pretrained(resumed / "image_tokenizer").state_dict()
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_resume_from_a_folder_that_is_not_a_checkpoint(shapes_dir, tmp_path):
+    with pytest.raises(UserError, match="not a checkpoint"):
+        run(tiny_args(shapes_dir, tmp_path / "x", "--max_steps", "2", "--resume_from_checkpoint", str(tmp_path)))
+
+
+def test_vq_quantizer_trains(shapes_dir, tmp_path):
+    out = tmp_path / "vq"
+    run(tiny_args(shapes_dir, out, "--max_steps", "30", "--quantizer", "vq", "--vq_ema", "--vq_restart_dead", "--kl_weight", "0.25"))
+    log = [r for r in read_log(out) if "loss" in r]
+    assert log[-1]["mse"] < log[0]["mse"]
+    assert DiscreteVAE.from_pretrained(out / "image_tokenizer").config.quantizer == "vq"
+
+
+def test_bad_flags_give_clear_errors(shapes_dir, tmp_path):
+    with pytest.raises(UserError, match="--preset"):
+        run(tiny_args(shapes_dir, tmp_path / "a", "--preset", "huge"))
+    with pytest.raises(UserError, match="--widths"):
+        run(tiny_args(shapes_dir, tmp_path / "b", "--widths", "8,x"))
+    with pytest.raises(UserError, match="fp16"):
+        run(tiny_args(shapes_dir, tmp_path / "c", "--mixed_precision", "fp16"))
+
+
+def test_two_cpu_processes_train_in_sync(shapes_dir, tmp_path):
+    out = tmp_path / "ddp"
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    cmd = launcher + [str(ROOT / "train_tokenizer.py"), *tiny_args(shapes_dir, out, "--max_steps", "10", "--checkpointing_steps", "0")]
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((out / "run_summary.json").read_text())
+    assert summary["num_processes"] == 2
+    assert summary["ranks_in_sync"] is True
+    assert summary["step"] == 10
