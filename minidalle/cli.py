@@ -17,6 +17,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "eval-shapes": ("minidalle.shapes_eval", "eval_shapes_main", "judge generated shapes images against their prompts"),
     "export-dataset": ("minidalle.exports", "export_dataset_main", "export a captioned set shipped in a package (emoji, mnist)"),
     "train-tokenizer": ("minidalle.train_tokenizer", "main", "stage 1: train the dVAE image tokenizer"),
+    "sample": ("minidalle.sample", "main", "prompts -> PNG images (bundled model by default)"),
+    "train-prior": ("minidalle.train_prior", "main", "stage 2: train or fine-tune the prior over text + image codes"),
     "encode": ("minidalle.encode", "encode_main", "encode a dataset once into image-tokenizer codes"),
     "codebook": ("minidalle.encode", "codebook_main", "draw every code of an image tokenizer as a sheet"),
     "reconstruct": ("minidalle.encode", "reconstruct_main", "round-trip images through an image tokenizer; PSNR + manifest"),

@@ -84,15 +84,18 @@ def load_codes(codes_dir: str | Path, expected_hash: str | None = None):
     return datasets.load_from_disk(str(codes_dir)).with_format("torch"), info
 
 
-def encode_to_disk(tokenizer_dir: str | Path, data_args: DataArguments, out_dir: str | Path, batch_size: int = 256, progress: bool = True) -> Path:
-    tokenizer = DiscreteVAE.from_pretrained(tokenizer_dir)
+def encode_to_disk(
+    tokenizer: DiscreteVAE | str | Path, data_args: DataArguments, out_dir: str | Path, batch_size: int = 256, progress: bool = True
+) -> Path:
+    """Encode `data_args.data` with `tokenizer` (a model or its folder) and save codes + captions to `out_dir`."""
+    if not isinstance(tokenizer, DiscreteVAE):
+        tokenizer = DiscreteVAE.from_pretrained(tokenizer)
     if data_args.resolution != tokenizer.config.image_size:
         data_args = DataArguments(**{**asdict(data_args), "resolution": tokenizer.config.image_size})
     ds = load_captioned_dataset(data_args, require_captions=True)
     codes = encode_dataset(tokenizer, ds, data_args, batch_size, progress)
     info = {
         "tokenizer_hash": tokenizer.content_hash(),
-        "tokenizer_dir": str(Path(tokenizer_dir).resolve()),
         "num_codes": tokenizer.num_codes,
         "grid_size": tokenizer.grid_size,
         "data": data_args.data,

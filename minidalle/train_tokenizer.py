@@ -127,9 +127,10 @@ def train(data_args: DataArguments, args: TrainingArguments, tok_args: Tokenizer
         eval_ds = load_captioned_dataset(DataArguments(**{**asdict(data_args), "data": tok_args.eval_data}), require_captions=False)
     else:
         n_eval = min(tok_args.eval_examples, len(ds) // 10)
-        eval_ds, ds = ds.select(range(len(ds) - n_eval, len(ds))), ds.select(range(len(ds) - n_eval))
+        eval_ds = ds.select(range(len(ds) - n_eval, len(ds))) if n_eval else None
+        ds = ds.select(range(len(ds) - n_eval))
     train_set = _image_source(data_args, ds, progress=main)
-    eval_images = load_image_tensor(eval_ds, data_args, progress=False).float() / 255 if len(eval_ds) else None
+    eval_images = load_image_tensor(eval_ds, data_args, progress=False).float() / 255 if eval_ds is not None else None
     loader = torch.utils.data.DataLoader(
         train_set, batch_size=args.batch_size, shuffle=True, drop_last=True, num_workers=args.num_workers
     )

@@ -172,8 +172,8 @@ def test_gumbel_straight_through_forward_is_one_hot():
     torch.manual_seed(0)
     model(images(), temperature=1.0)
     z = seen["z"].permute(0, 2, 3, 1).reshape(-1, model.config.codebook_dim)  # (B*h*w, D)
-    dist = torch.cdist(z, model.codebook.weight.detach())
-    assert torch.allclose(dist.min(1).values, torch.zeros(len(z)), atol=1e-5)
+    gap = (z[:, None, :] - model.codebook.weight.detach()[None]).abs().amax(-1)  # (B*h*w, K)
+    assert torch.all(gap.min(1).values < 1e-5)
 
 
 def test_vq_straight_through_reaches_encoder_and_codebook_loss_reaches_codebook():
@@ -451,12 +451,25 @@ def test_load_weights_of_another_quantizer_raises_user_error(saved, tmp_path):
     _expect_user_error(saved)
 
 
+@pytest.mark.parametrize("change", ["missing", "extra"])
+def test_load_weights_with_missing_or_extra_tensors_raises_user_error(saved, change):
+    from safetensors.torch import load_file, save_file
+
+    weights = load_file(str(saved / "model.safetensors"))
+    if change == "missing":
+        del weights["codebook.weight"]
+    else:
+        weights["ema_count"] = torch.ones(16)
+    save_file(weights, str(saved / "model.safetensors"))
+    assert ("codebook.weight" if change == "missing" else "ema_count") in _expect_user_error(saved)
+
+
 @pytest.mark.parametrize(
     "overrides,match",
     [
         (dict(quantizer="kmeans"), "quantizer"),
         (dict(recon_loss="l1"), "recon_loss"),
-        (dict(image_size=20), "divisible"),
+        (dict(image_size=18), "divisible"),
         (dict(image_size=16, widths=[8, 8, 8, 8, 8]), "divisible"),
         (dict(widths=[]), "widths"),
         (dict(num_codes=1), "num_codes"),
@@ -510,9 +523,9 @@ def test_loss_falls_on_shapes(shapes_images, quantizer):
         optimizer.zero_grad()
         out.loss.backward()
         optimizer.step()
-        losses.append(out.loss.item())
+        assert math.isfinite(out.loss.item())
+        losses.append(out.mse.item())  # the reconstruction error on this batch
     model.eval()
     mse_after = F.mse_loss(model.reconstruct(x), x).item()
-    assert all(math.isfinite(v) for v in losses)
-    assert np.mean(losses[-8:]) < 0.6 * np.mean(losses[:8]), losses
+    assert np.mean(losses[-8:]) < 0.5 * np.mean(losses[:8]), losses
     assert mse_after < 0.4 * mse_before, (mse_before, mse_after)
