@@ -19,6 +19,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "train-tokenizer": ("minidalle.train_tokenizer", "main", "stage 1: train the dVAE image tokenizer"),
     "sample": ("minidalle.sample", "main", "prompts -> PNG images (bundled model by default)"),
     "train-prior": ("minidalle.train_prior", "main", "stage 2: train or fine-tune the prior over text + image codes"),
+    "export-pipeline": ("minidalle.pipeline_io", "export_pipeline_main", "copy a pipeline folder with float16/bfloat16 weights"),
     "encode": ("minidalle.encode", "encode_main", "encode a dataset once into image-tokenizer codes"),
     "codebook": ("minidalle.encode", "codebook_main", "draw every code of an image tokenizer as a sheet"),
     "reconstruct": ("minidalle.encode", "reconstruct_main", "round-trip images through an image tokenizer; PSNR + manifest"),

@@ -89,3 +89,43 @@ def load_pipeline_parts(folder: str | Path, map_location: str = "cpu") -> tuple[
     prior = Prior.from_pretrained(folder / "prior", map_location)
     check_compatible(prior, image_tokenizer, text_tokenizer, str(folder))
     return image_tokenizer, text_tokenizer, prior
+
+
+def export_pipeline(source: str | Path, target: str | Path, dtype: str = "float16") -> Path:
+    """Copy a pipeline with its weights stored in `dtype` (e.g. to bundle it small).
+
+    The image tokenizer's weights are rounded to `dtype` first and the prior
+    re-pointed at the rounded tokenizer's content hash, so the exported folder
+    passes the pairing check exactly as loaded.
+    """
+    import torch
+
+    image_tokenizer, text_tokenizer, prior = load_pipeline_parts(source)
+    torch_dtype = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}[dtype]
+    image_tokenizer.to(torch_dtype).float()
+    prior.to(torch_dtype).float()
+    prior.config.image_tokenizer_hash = image_tokenizer.content_hash()
+    saved = save_pipeline(target, image_tokenizer.to(torch_dtype), text_tokenizer, prior.to(torch_dtype))
+    return saved
+
+
+def export_pipeline_main(argv: list[str] | None = None) -> None:
+    from dataclasses import dataclass
+
+    from .args import arg, parse_args
+
+    @dataclass
+    class ExportArguments:
+        source: str = arg("", help="The pipeline folder to export (train_prior.py's OUTPUT_DIR/pipeline).")
+        out: str = arg("", help="Where to write the exported pipeline.")
+        dtype: str = arg("float16", help="float16, bfloat16 or float32.")
+
+    (args, _) = parse_args([ExportArguments], argv, prog="minidalle export-pipeline",
+                           description="Copy a pipeline folder with its weights stored in a smaller dtype.")
+    if not args.source or not args.out:
+        raise UserError("--source and --out are required")
+    if args.dtype not in ("float16", "bfloat16", "float32"):
+        raise UserError(f"--dtype must be float16, bfloat16 or float32, got {args.dtype!r}")
+    out = export_pipeline(args.source, args.out, args.dtype)
+    size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
+    print(f"wrote {out} ({size / 1e6:.1f} MB)")

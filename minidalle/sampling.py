@@ -73,6 +73,8 @@ def sample_codes(
     if init_codes is not None and init_codes.shape[1]:
         start = init_codes.shape[1]
         codes[:, :start] = init_codes
+    if start >= n_total:  # every code primed (keep_rows = grid): nothing to sample, and no room in the cache
+        return codes
     dtype = next(prior.parameters()).dtype
     head_dim = cfg.dim // cfg.heads
     caches = None

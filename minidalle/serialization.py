@@ -88,10 +88,13 @@ def load_state_strict(module: torch.nn.Module, state_dict: dict[str, torch.Tenso
 
 
 def content_hash(config: dict, state_dict: dict[str, torch.Tensor]) -> str:
-    """A short hash of a model's config and weights: identical models share it, any change alters it."""
+    """A short hash of a model's config and weight values: identical models share it, any change alters it."""
     digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode())
     for name in sorted(state_dict):
-        tensor = state_dict[name].detach().cpu().contiguous()
+        tensor = state_dict[name].detach().cpu()
+        if tensor.is_floating_point():  # by value: a float16 copy and its float32 load hash alike
+            tensor = tensor.float()
+        tensor = tensor.contiguous()
         digest.update(name.encode())
         digest.update(str(tensor.dtype).encode())
         digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())

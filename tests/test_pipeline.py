@@ -1,0 +1,344 @@
+"""MiniDallePipeline and sample.py on a tiny pipeline folder: sampling, scoring, checks, the CLI."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from minidalle import MiniDallePipeline
+from minidalle.args import UserError
+from minidalle.dvae import DiscreteVAE, DVAEConfig
+from minidalle.pipeline import check_prompts
+from minidalle.pipeline_io import INDEX_NAME, load_pipeline_parts, save_pipeline
+from minidalle.prior import Prior, PriorConfig
+from minidalle.sample import main as sample_main
+from minidalle.text import MAX_CAPTION_CHARS, encode_captions, train_text_tokenizer
+
+SIZE, K, G, L = 16, 32, 4, 8
+CAPTIONS = [
+    "a small red circle in the top left",
+    "a big blue square at the bottom right",
+    "two green triangles next to a yellow star",
+    "a purple hexagon above a small orange circle",
+] * 4
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def make_image_tokenizer(seed: int = 0, num_codes: int = K) -> DiscreteVAE:
+    torch.manual_seed(seed)
+    return DiscreteVAE(DVAEConfig(image_size=SIZE, num_codes=num_codes, codebook_dim=8, widths=[8, 8], res_blocks=0)).eval()
+
+
+def make_prior(text_vocab_size: int, image_tokenizer_hash: str, num_image_codes: int = K, seed: int = 0) -> Prior:
+    torch.manual_seed(seed)
+    prior = Prior(PriorConfig(
+        text_vocab_size=text_vocab_size, text_len=L, num_image_codes=num_image_codes, image_grid=G,
+        dim=32, layers=2, heads=2, image_tokenizer_hash=image_tokenizer_hash,
+    ))
+    with torch.no_grad():  # sharper, caption-dependent distributions than a fresh init gives
+        prior.image_head.weight.mul_(10)
+        prior.token_emb.weight.mul_(10)
+    return prior.eval()
+
+
+@pytest.fixture(scope="module")
+def parts():
+    image_tokenizer = make_image_tokenizer()
+    text_tokenizer = train_text_tokenizer(CAPTIONS, vocab_size=300, min_frequency=1)
+    prior = make_prior(len(text_tokenizer), image_tokenizer.content_hash())
+    return image_tokenizer, text_tokenizer, prior
+
+
+@pytest.fixture(scope="module")
+def folder(parts, tmp_path_factory) -> Path:
+    return save_pipeline(tmp_path_factory.mktemp("model") / "pipeline", *parts)
+
+
+@pytest.fixture(scope="module")
+def pipe(folder) -> MiniDallePipeline:
+    return MiniDallePipeline.from_pretrained(folder, device="cpu")
+
+
+def copy_of(folder: Path, tmp_path: Path) -> Path:
+    out = tmp_path / "copy"
+    shutil.copytree(folder, out)
+    return out
+
+
+def warnings_of(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+
+
+# --- the folder ------------------------------------------------------------------------------
+
+
+def test_the_folder_holds_three_parts_and_an_index(folder, parts):
+    image_tokenizer, _, prior = parts
+    assert {p.name for p in folder.iterdir()} == {INDEX_NAME, "image_tokenizer", "text_tokenizer", "prior"}
+    index = json.loads((folder / INDEX_NAME).read_text())
+    assert index["image_tokenizer_hash"] == image_tokenizer.content_hash()
+    assert index["prior_hash"] == prior.content_hash()
+    assert (index["image_size"], index["image_grid"], index["num_image_codes"], index["text_len"]) == (SIZE, G, K, L)
+    assert not list(folder.parent.glob(".pipeline.*"))  # the temporary folder is gone
+    loaded_tok, _, loaded_prior = load_pipeline_parts(folder)
+    assert loaded_tok.content_hash() == image_tokenizer.content_hash()
+    assert loaded_prior.content_hash() == prior.content_hash()
+
+
+# --- sampling --------------------------------------------------------------------------------
+
+
+def test_sampling_gives_pil_images_of_the_right_size_and_count(pipe):
+    out = pipe(["a red circle", "a blue square"], num_images_per_prompt=3, seed=0)
+    assert len(out.images) == 6
+    assert all(isinstance(im, Image.Image) and im.size == (SIZE, SIZE) and im.mode == "RGB" for im in out.images)
+    assert out.prompts == ["a red circle"] * 3 + ["a blue square"] * 3
+    assert out.codes.shape == (6, G * G)
+    assert out.codes.min() >= 0 and out.codes.max() < K
+    assert len(out.seeds) == 6
+    # the images are the decoded codes
+    decoded = MiniDallePipeline.to_pil(pipe.image_tokenizer.decode(out.codes))
+    assert all(a.tobytes() == b.tobytes() for a, b in zip(out.images, decoded))
+    assert len(pipe("a green star").images) == 1  # one prompt as a plain string
+
+
+def test_seeds_reproduce_and_differ(pipe):
+    a = pipe(["a red circle", "a blue square"], num_images_per_prompt=2, seed=5)
+    b = pipe(["a red circle", "a blue square"], num_images_per_prompt=2, seed=5)
+    c = pipe(["a red circle", "a blue square"], num_images_per_prompt=2, seed=6)
+    assert torch.equal(a.codes, b.codes)
+    assert [im.tobytes() for im in a.images] == [im.tobytes() for im in b.images]
+    assert not torch.equal(a.codes, c.codes)
+
+
+def test_each_images_seed_reproduces_it_alone_with_batch_size_one(pipe):
+    out = pipe(["a red circle", "a blue square"], num_images_per_prompt=2, seed=10, batch_size=1)
+    assert out.seeds == [10, 11, 12, 13]
+    for i in (1, 2):
+        alone = pipe([out.prompts[i]], seed=out.seeds[i], batch_size=1)
+        assert torch.equal(alone.codes[0], out.codes[i])
+
+
+def test_batches_split_the_work_without_changing_the_count(pipe):
+    out = pipe(["a red circle"], num_images_per_prompt=5, seed=0, batch_size=2)
+    assert len(out.images) == 5
+    assert len(out.seeds) == 5 and out.codes.shape == (5, G * G)
+
+
+def test_completion_keeps_the_primed_rows(pipe):
+    image = pipe("a red circle", seed=1).images[0]
+    codes = pipe.image_tokenizer.encode(pipe._pixels(image)).flatten(1)
+    out = pipe(["a blue square"], num_images_per_prompt=2, init_image=image, keep_rows=2, seed=3)
+    assert torch.equal(out.codes[:, : 2 * G], codes[:, : 2 * G].expand(2, -1))
+    full = pipe(["a blue square"], init_image=image, keep_rows=G, seed=3)  # every row kept: the reconstruction
+    assert torch.equal(full.codes, codes)
+    with pytest.raises(UserError, match="keep_rows"):
+        pipe("a blue square", init_image=image, keep_rows=G + 1)
+
+
+def test_bad_counts_are_user_errors(pipe):
+    with pytest.raises(UserError, match="num_images_per_prompt"):
+        pipe("a red circle", num_images_per_prompt=0)
+    with pytest.raises(UserError, match="batch_size"):
+        pipe("a red circle", batch_size=0)
+
+
+# --- reconstruct and score -------------------------------------------------------------------
+
+
+def test_reconstruct_returns_pil_images(pipe):
+    images = pipe("a red circle", num_images_per_prompt=2, seed=2).images
+    recon = pipe.reconstruct(images)
+    assert len(recon) == 2
+    assert all(isinstance(im, Image.Image) and im.size == (SIZE, SIZE) for im in recon)
+    pixels = torch.rand(3, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(0))
+    expected = MiniDallePipeline.to_pil(pipe.image_tokenizer.decode(pipe.image_tokenizer.encode(pixels)))
+    assert [im.tobytes() for im in pipe.reconstruct(pixels)] == [im.tobytes() for im in expected]
+    assert len(pipe.reconstruct(images[0])) == 1  # one PIL image on its own
+    big = images[0].resize((40, 40))  # any size is brought to the tokenizer's
+    assert pipe.reconstruct(big)[0].size == (SIZE, SIZE)
+
+
+def test_score_is_the_priors_image_nll(pipe):
+    pixels = torch.rand(2, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(1))
+    captions = ["a small red circle", "a big blue square 🎨"]
+    results = pipe.score(pixels, captions)
+    codes = pipe.image_tokenizer.encode(pixels).flatten(1)
+    ids, _ = encode_captions(pipe.text_tokenizer, captions, L)
+    nll = pipe.prior.image_nll(pipe.prior.text_tokens(ids, pipe.text_tokenizer.pad_token_id), codes)
+    assert [r["caption"] for r in results] == captions
+    for r, value in zip(results, nll.tolist()):
+        assert r["log_prob"] == pytest.approx(-value, rel=1e-6)
+        assert r["bits_per_dim"] == pytest.approx(value / (3 * SIZE * SIZE * math.log(2)), rel=1e-6)
+        assert r["log_prob"] < 0 < r["bits_per_dim"]
+    # one caption for many images is broadcast; a count mismatch is an error
+    same = pipe.score(pixels, "a small red circle")
+    assert [r["log_prob"] for r in same][0] == pytest.approx(results[0]["log_prob"], rel=1e-6)
+    assert len(same) == 2
+    with pytest.raises(UserError, match="2 images but 3 captions"):
+        pipe.score(pixels, ["a", "b", "c"])
+    # small batches give the same figures
+    assert [r["log_prob"] for r in pipe.score(pixels, captions, batch_size=1)] == pytest.approx([r["log_prob"] for r in results])
+
+
+def test_rank_captions_sorts_by_log_prob(pipe):
+    image = pipe("a red circle", seed=4).images[0]
+    candidates = ["a small red circle", "a big blue square", "two green triangles", "a purple hexagon"]
+    ranked = pipe.rank_captions(image, candidates)
+    assert sorted(c for c, _ in ranked) == sorted(candidates)
+    values = [v for _, v in ranked]
+    assert values == sorted(values, reverse=True)
+    assert len(set(values)) > 1  # the caption matters to this prior
+    scores = {r["caption"]: r["log_prob"] for r in pipe.score([image] * 4, candidates)}
+    for caption, value in ranked:
+        assert value == pytest.approx(scores[caption], rel=1e-5)
+
+
+# --- loading errors --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("part", ["prior", "text_tokenizer", "image_tokenizer", INDEX_NAME])
+def test_a_missing_part_is_a_user_error_naming_the_folder(folder, tmp_path, part):
+    broken = copy_of(folder, tmp_path)
+    target = broken / part
+    shutil.rmtree(target) if target.is_dir() else target.unlink()
+    with pytest.raises(UserError, match=f"{re.escape(str(broken))}.*missing {part}"):
+        MiniDallePipeline.from_pretrained(broken, device="cpu")
+
+
+def test_a_missing_folder_is_a_user_error(tmp_path):
+    with pytest.raises(UserError, match="no-model"):
+        MiniDallePipeline.from_pretrained(tmp_path / "no-model", device="cpu")
+
+
+def test_a_prior_paired_with_another_image_tokenizer_is_a_user_error(folder, tmp_path):
+    broken = copy_of(folder, tmp_path)
+    other = make_image_tokenizer(seed=1)  # same shape, other weights: another content hash
+    other.save_pretrained(broken / "image_tokenizer")
+    with pytest.raises(UserError, match=f"{re.escape(str(broken))}.*trained with image tokenizer"):
+        MiniDallePipeline.from_pretrained(broken, device="cpu")
+
+
+def test_a_prior_for_another_codebook_size_is_a_user_error(parts, tmp_path):
+    image_tokenizer, text_tokenizer, _ = parts
+    prior = make_prior(len(text_tokenizer), image_tokenizer.content_hash(), num_image_codes=K // 2)
+    folder = save_pipeline(tmp_path / "wrong-k", image_tokenizer, text_tokenizer, prior)
+    with pytest.raises(UserError, match=f"{re.escape(str(folder))}.*expects {K // 2} codes.*has {K}"):
+        MiniDallePipeline.from_pretrained(folder, device="cpu")
+
+
+def test_a_text_tokenizer_larger_than_the_priors_vocabulary_is_a_user_error(parts, tmp_path):
+    image_tokenizer, text_tokenizer, _ = parts
+    prior = make_prior(len(text_tokenizer) - 10, image_tokenizer.content_hash())
+    folder = save_pipeline(tmp_path / "small-vocab", image_tokenizer, text_tokenizer, prior)
+    with pytest.raises(UserError, match=f"{re.escape(str(folder))}.*text tokenizer has {len(text_tokenizer)} tokens"):
+        MiniDallePipeline.from_pretrained(folder, device="cpu")
+
+
+# --- prompts ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("bad", ["", "   ", "\t\n \x00 "])
+def test_an_empty_prompt_is_a_user_error_naming_its_number(bad):
+    with pytest.raises(UserError, match="prompt 2 is empty"):
+        check_prompts(["a red circle", bad, "a blue square"])
+
+
+def test_check_prompts_normalises_and_rejects(caplog):
+    assert check_prompts("  a  red\ncircle ") == ["a red circle"]
+    with pytest.raises(UserError, match="no prompts"):
+        check_prompts([])
+    with pytest.raises(UserError, match="prompt 1 is not text"):
+        check_prompts([3])
+    huge = "a red circle " * 800
+    with caplog.at_level(logging.WARNING, logger="minidalle"):
+        (checked,) = check_prompts([huge])
+    assert len(checked) == MAX_CAPTION_CHARS
+    assert any("prompt 1 has" in m for m in warnings_of(caplog))
+
+
+def test_a_ten_thousand_character_prompt_is_truncated_with_a_warning_and_samples(pipe, caplog):
+    huge = ("a small red circle in the top left " * 300)[:10_000]
+    with caplog.at_level(logging.WARNING, logger="minidalle"):
+        out = pipe([huge, "a blue square"], seed=0)
+    messages = warnings_of(caplog)
+    assert any("10000 characters" in m for m in messages)
+    assert any("1 prompt(s) longer than" in m for m in messages)
+    assert len(out.images) == 2 and out.images[0].size == (SIZE, SIZE)
+    assert len(out.prompts[0]) == MAX_CAPTION_CHARS
+
+
+@pytest.mark.parametrize("prompt", ["a 🎨 red 🦄 circle", "un cercle rouge près d'un carré bleu — très joli", "赤い丸"])
+def test_emoji_and_non_ascii_prompts_sample(pipe, prompt):
+    out = pipe(prompt, num_images_per_prompt=2, seed=0)
+    assert len(out.images) == 2 and all(im.size == (SIZE, SIZE) for im in out.images)
+    assert out.prompts == [prompt, prompt]
+
+
+# --- sample.py -------------------------------------------------------------------------------
+
+
+def read_manifest(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "manifest.jsonl").read_text(encoding="utf-8").splitlines()]
+
+
+def test_sample_main_writes_images_grids_and_a_manifest(folder, tmp_path):
+    out = tmp_path / "samples"
+    sample_main(["a red circle", "a 🎨 blue square", "--model", str(folder), "--out", str(out), "--num_images", "2", "--seed", "3"])
+    rows = read_manifest(out)
+    assert [r["prompt"] for r in rows] == ["a red circle"] * 2 + ["a 🎨 blue square"] * 2
+    assert [r["file"] for r in rows] == ["images/p000-i00.png", "images/p000-i01.png", "images/p001-i00.png", "images/p001-i01.png"]
+    assert all(r["seed"] == 3 for r in rows)
+    for r in rows:
+        with Image.open(out / r["file"]) as im:
+            assert im.size == (SIZE, SIZE)
+    for p in range(2):
+        with Image.open(out / f"grid-p{p:03d}.png") as im:
+            assert im.size == (2 * SIZE, SIZE)  # one row of the prompt's 2 images
+    assert not (out / "grid-p002.png").exists()
+    # the same command gives the same pictures as the pipeline
+    expected = MiniDallePipeline.from_pretrained(folder, device="cpu")(["a red circle", "a 🎨 blue square"], num_images_per_prompt=2, seed=3)
+    for r, image in zip(rows, expected.images):
+        with Image.open(out / r["file"]) as im:
+            assert im.convert("RGB").tobytes() == image.tobytes()
+
+
+def test_sample_main_reads_a_prompts_file(folder, tmp_path):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red circle\n\n   \na green star  \n", encoding="utf-8")
+    out = tmp_path / "samples"
+    sample_main(["a blue square", "--prompts_file", str(prompts), "--model", str(folder), "--out", str(out), "--num_images", "1"])
+    rows = read_manifest(out)
+    assert [r["prompt"] for r in rows] == ["a blue square", "a red circle", "a green star"]
+    assert all((out / r["file"]).is_file() for r in rows)
+    assert sorted(p.name for p in out.glob("grid-*.png")) == ["grid-p000.png", "grid-p001.png", "grid-p002.png"]
+
+
+def test_sample_main_without_prompts_is_a_user_error(folder, tmp_path):
+    with pytest.raises(UserError, match="at least one prompt"):
+        sample_main(["--model", str(folder), "--out", str(tmp_path / "x")])
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n  \n")
+    with pytest.raises(UserError, match="at least one prompt"):
+        sample_main(["--prompts_file", str(empty), "--model", str(folder), "--out", str(tmp_path / "y")])
+    with pytest.raises(UserError, match="no such file"):
+        sample_main(["--prompts_file", str(tmp_path / "nope.txt"), "--model", str(folder), "--out", str(tmp_path / "z")])
+    with pytest.raises(UserError, match="prompt 1 is empty"):
+        sample_main(["   ", "--model", str(folder), "--out", str(tmp_path / "w")])
+    with pytest.raises(UserError, match="--num_images"):
+        sample_main(["a red circle", "--model", str(folder), "--out", str(tmp_path / "v"), "--num_images", "0"])

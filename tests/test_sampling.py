@@ -1,0 +1,233 @@
+"""Sampling from the prior: the KV cache changes nothing, guidance, priming, seeds, filtering."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from minidalle.prior import Prior, PriorConfig
+from minidalle.sampling import filter_logits, sample_codes
+
+V, L, K, G = 50, 8, 32, 4
+N = G * G
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def prior() -> Prior:
+    torch.manual_seed(0)
+    model = Prior(PriorConfig(text_vocab_size=V, text_len=L, num_image_codes=K, image_grid=G, dim=32, layers=2, heads=2)).eval()
+    with torch.no_grad():  # sharper, caption-dependent distributions than a fresh init gives
+        model.image_head.weight.mul_(20)
+        model.token_emb.weight.mul_(10)
+    return model
+
+
+@pytest.fixture(scope="module")
+def text(prior) -> torch.Tensor:
+    ids = torch.randint(1, V, (3, L), generator=torch.Generator().manual_seed(1))
+    ids[0, 4:] = 0
+    return prior.text_tokens(ids, pad_id=0)
+
+
+def gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def empty_caption(batch: int) -> torch.Tensor:
+    return (V + torch.arange(L)).expand(batch, -1)
+
+
+@torch.no_grad()
+def manual_sample(prior, text, guidance_scale=1.0, temperature=1.0, generator=None, init=None) -> torch.Tensor:
+    """The reference: one full forward pass per code, guidance mixed by hand, no cache."""
+    b = text.shape[0]
+    codes = torch.zeros(b, N, dtype=torch.long)
+    start = 0 if init is None else init.shape[1]
+    if init is not None:
+        codes[:, :start] = init
+    for j in range(start, N):
+        logits = prior(text, codes, compute_loss=False).image_logits[:, j]
+        if guidance_scale != 1.0:
+            uncond = prior(empty_caption(b), codes, compute_loss=False).image_logits[:, j]
+            logits = uncond + guidance_scale * (logits - uncond)
+        if temperature == 0:
+            codes[:, j] = logits.argmax(-1)
+        else:
+            codes[:, j] = torch.multinomial((logits / temperature).softmax(-1), 1, generator=generator).squeeze(-1)
+    return codes
+
+
+# --- the cache -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        dict(guidance_scale=1.0),
+        dict(guidance_scale=3.0),
+        dict(guidance_scale=1.0, top_k=5),
+        dict(guidance_scale=3.0, top_k=5),
+        dict(guidance_scale=1.0, top_p=0.8),
+        dict(guidance_scale=3.0, top_p=0.8, temperature=0.7),
+    ],
+)
+def test_cached_and_uncached_sampling_give_identical_codes(prior, text, options):
+    cached = sample_codes(prior, text, generator=gen(0), **options)
+    uncached = sample_codes(prior, text, generator=gen(0), use_cache=False, **options)
+    assert cached.shape == (3, N)
+    assert torch.equal(cached, uncached)
+
+
+def test_cached_and_uncached_agree_with_primed_codes(prior, text):
+    init = torch.randint(0, K, (3, 5), generator=gen(7))
+    for scale in (1.0, 3.0):
+        cached = sample_codes(prior, text, guidance_scale=scale, generator=gen(2), init_codes=init)
+        uncached = sample_codes(prior, text, guidance_scale=scale, generator=gen(2), init_codes=init, use_cache=False)
+        assert torch.equal(cached, uncached)
+
+
+# --- guidance --------------------------------------------------------------------------------
+
+
+def test_guidance_scale_one_is_plain_conditional_sampling(prior, text):
+    expected = manual_sample(prior, text, generator=gen(3))
+    assert torch.equal(sample_codes(prior, text, guidance_scale=1.0, generator=gen(3)), expected)
+
+
+def test_guidance_scale_one_runs_no_doubled_batch(prior, text, monkeypatch):
+    batches = []
+    original = Prior.embed_prefix
+
+    def recording(self, tokens):
+        batches.append(tokens.shape[0])
+        return original(self, tokens)
+
+    monkeypatch.setattr(Prior, "embed_prefix", recording)
+    sample_codes(prior, text, guidance_scale=1.0, generator=gen(0))
+    assert batches == [3]
+    batches.clear()
+    sample_codes(prior, text, guidance_scale=2.0, generator=gen(0))
+    assert batches == [6]  # caption + empty caption in one batch
+
+
+@pytest.mark.parametrize("scale", [0.0, 3.0])
+def test_guidance_mixes_conditional_and_unconditional_logits(prior, text, scale):
+    for temperature, seed in ((0.0, 0), (1.0, 4)):
+        expected = manual_sample(prior, text, guidance_scale=scale, temperature=temperature, generator=gen(seed))
+        got = sample_codes(prior, text, guidance_scale=scale, temperature=temperature, generator=gen(seed))
+        assert torch.equal(got, expected)
+    # scale 0 is unconditional sampling: the caption is ignored
+    if scale == 0.0:
+        uncond = sample_codes(prior, empty_caption(3), guidance_scale=1.0, temperature=0.0)
+        assert torch.equal(sample_codes(prior, text, guidance_scale=0.0, temperature=0.0), uncond)
+
+
+def test_guidance_changes_the_samples(prior, text):
+    plain = sample_codes(prior, text, guidance_scale=1.0, generator=gen(0))
+    guided = sample_codes(prior, text, guidance_scale=3.0, generator=gen(0))
+    assert not torch.equal(plain, guided)
+
+
+# --- priming ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("n", [1, 7, N - 1, N])
+def test_primed_codes_are_kept_exactly(prior, text, n):
+    init = torch.randint(0, K, (3, n), generator=gen(5))
+    for scale in (1.0, 3.0):
+        codes = sample_codes(prior, text, guidance_scale=scale, generator=gen(1), init_codes=init)
+        assert codes.shape == (3, N)
+        assert torch.equal(codes[:, :n], init)
+
+
+def test_primed_codes_condition_what_follows(prior, text):
+    init = torch.randint(0, K, (3, 6), generator=gen(6))
+    assert torch.equal(
+        sample_codes(prior, text, temperature=0.0, init_codes=init),
+        manual_sample(prior, text, temperature=0.0, init=init),
+    )
+    # priming with the start of a greedy sample continues it exactly
+    greedy = sample_codes(prior, text, temperature=0.0)
+    assert torch.equal(sample_codes(prior, text, temperature=0.0, init_codes=greedy[:, :9]), greedy)
+    # an empty prime is no prime
+    assert torch.equal(sample_codes(prior, text, temperature=0.0, init_codes=greedy[:, :0]), greedy)
+
+
+# --- seeds, temperature, range ----------------------------------------------------------------
+
+
+def test_the_same_seed_reproduces_and_different_seeds_differ(prior, text):
+    a = sample_codes(prior, text, guidance_scale=3.0, generator=gen(11))
+    b = sample_codes(prior, text, guidance_scale=3.0, generator=gen(11))
+    c = sample_codes(prior, text, guidance_scale=3.0, generator=gen(12))
+    assert torch.equal(a, b)
+    assert not torch.equal(a, c)
+
+
+def test_temperature_zero_is_greedy_argmax(prior, text):
+    greedy = sample_codes(prior, text, temperature=0.0, generator=gen(0))
+    assert torch.equal(greedy, sample_codes(prior, text, temperature=0.0, generator=gen(99)))  # no randomness
+    assert torch.equal(greedy, manual_sample(prior, text, temperature=0.0))
+    assert torch.equal(greedy, sample_codes(prior, text, temperature=0.0, use_cache=False))
+    assert torch.equal(greedy, sample_codes(prior, text, top_k=1, generator=gen(5)))  # top_k = 1 is greedy too
+
+
+def test_samples_lie_in_the_codebook(prior, text):
+    codes = sample_codes(prior, text.repeat(4, 1), temperature=5.0, guidance_scale=2.0, generator=gen(0))
+    assert codes.dtype == torch.long
+    assert codes.min() >= 0 and codes.max() < K
+    assert len(codes.unique()) > K // 2  # a hot temperature visits most of the codebook
+
+
+# --- filter_logits ---------------------------------------------------------------------------
+
+PROBS = torch.tensor([0.15, 0.05, 0.5, 0.1, 0.2])  # sorted: 0.5 (2), 0.2 (4), 0.15 (0), 0.1 (3), 0.05 (1)
+
+
+def kept(logits: torch.Tensor) -> list[int]:
+    return torch.isfinite(logits).nonzero().flatten().tolist()
+
+
+def test_top_k_keeps_exactly_the_k_largest():
+    logits = PROBS.log()
+    assert kept(filter_logits(logits, top_k=1)) == [2]
+    assert kept(filter_logits(logits, top_k=2)) == [2, 4]
+    assert kept(filter_logits(logits, top_k=3)) == [0, 2, 4]
+    assert torch.equal(filter_logits(logits, top_k=0), logits)  # 0: off
+    assert torch.equal(filter_logits(logits, top_k=5), logits)
+    assert torch.equal(filter_logits(logits, top_k=9), logits)
+    out = filter_logits(logits, top_k=2)
+    assert torch.equal(out[[2, 4]], logits[[2, 4]])  # kept logits are unchanged
+
+
+@pytest.mark.parametrize(
+    "top_p, expected",
+    [(0.3, [2]), (0.6, [2, 4]), (0.69, [2, 4]), (0.8, [0, 2, 4]), (0.9, [0, 2, 3, 4]), (0.99, [0, 1, 2, 3, 4])],
+)
+def test_top_p_keeps_the_smallest_nucleus_reaching_p(top_p, expected):
+    assert kept(filter_logits(PROBS.log(), top_p=top_p)) == expected
+
+
+def test_top_k_and_top_p_together_and_per_row():
+    logits = torch.stack([PROBS.log(), PROBS.flip(0).log()])  # (2, 5): the second row is reversed
+    out = filter_logits(logits, top_k=3, top_p=0.6)
+    assert kept(out[0]) == [2, 4]
+    assert kept(out[1]) == [0, 2]  # positions 4 and 0 of the first row, reversed
+    # top-p after top-k renormalises over the k survivors: 0.5 / 0.85 > 0.55
+    assert kept(filter_logits(PROBS.log(), top_k=3, top_p=0.55)) == [2]
+    assert kept(filter_logits(PROBS.log(), top_k=3, top_p=0.6)) == [2, 4]
+    # the survivors form a distribution over the nucleus
+    probs = filter_logits(PROBS.log(), top_p=0.8).softmax(-1)
+    assert probs.sum().item() == pytest.approx(1.0)
+    assert probs[2].item() == pytest.approx(0.5 / 0.85)
+    assert math.isclose(probs[[1, 3]].sum().item(), 0.0)

@@ -1,0 +1,267 @@
+"""train_prior.py end to end, on tiny configs: loss falls, codes cached once, exact resume, fine-tuning, two processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from accelerate.state import AcceleratorState
+
+import minidalle.train_prior as train_prior_module
+from minidalle import MiniDallePipeline
+from minidalle.args import UserError
+from minidalle.dvae import DiscreteVAE, DVAEConfig
+from minidalle.prior import Prior
+from minidalle.shapes import make_shapes
+from minidalle.train_prior import main as train_main
+
+ROOT = Path(__file__).resolve().parents[1]
+SIZE = 32
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def make_image_tokenizer(seed: int) -> DiscreteVAE:
+    """An untrained tiny image tokenizer: 32x32 images -> 4x4 codes of 32."""
+    torch.manual_seed(seed)
+    return DiscreteVAE(DVAEConfig(image_size=SIZE, num_codes=32, codebook_dim=8, widths=[8, 8, 8], res_blocks=0)).eval()
+
+
+@pytest.fixture(scope="module")
+def shapes_dir(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("shapes")
+    make_shapes(out, "train", 96, seed=0, workers=1, progress=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def image_tokenizer_dir(tmp_path_factory) -> Path:
+    return make_image_tokenizer(0).save_pretrained(tmp_path_factory.mktemp("tok") / "image_tokenizer")
+
+
+def tiny_args(data: Path, out: Path, image_tokenizer: Path | None, *extra: str) -> list[str]:
+    args = [
+        "--data", str(data), "--output_dir", str(out), "--preset", "tiny", "--text_len", "16", "--text_vocab_size", "300",
+        "--batch_size", "8", "--learning_rate", "3e-3", "--warmup_steps", "2", "--logging_steps", "5",
+        "--image_steps", "0", "--eval_steps", "0", "--mixed_precision", "no", "--checkpointing_steps", "0", *extra,
+    ]
+    return args + (["--image_tokenizer", str(image_tokenizer)] if image_tokenizer else [])
+
+
+def run(argv: list[str]) -> None:
+    AcceleratorState._reset_state(reset_partial_state=True)
+    train_main(argv)
+
+
+def losses(out: Path) -> dict[int, float]:
+    rows = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    return {r["step"]: r["loss"] for r in rows if "loss" in r}
+
+
+def weights(pipeline: Path) -> dict[str, torch.Tensor]:
+    return Prior.from_pretrained(pipeline / "prior").state_dict()
+
+
+@pytest.fixture(scope="module")
+def trained(shapes_dir, image_tokenizer_dir, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("run") / "prior"
+    run(tiny_args(shapes_dir, out, image_tokenizer_dir, "--max_steps", "40", "--eval_steps", "40"))
+    return out
+
+
+# --- one run ---------------------------------------------------------------------------------
+
+
+def test_loss_falls(trained):
+    log = losses(trained)
+    assert sorted(log) == [5, 10, 15, 20, 25, 30, 35, 40]
+    assert log[40] < 0.8 * log[5]
+    rows = [json.loads(line) for line in (trained / "log.jsonl").read_text().splitlines()]
+    assert {"loss_text", "loss_image", "lr", "tokens_seen"} <= set(rows[0])
+    validation = [r for r in rows if "val_bits_per_dim" in r]
+    assert [r["step"] for r in validation] == [40]
+    assert (trained / "samples" / "samples-step-0000040.png").is_file()
+
+
+def test_the_run_writes_a_complete_pipeline_that_loads_and_samples(trained, image_tokenizer_dir):
+    pipeline = trained / "pipeline"
+    assert {p.name for p in pipeline.iterdir()} == {"model_index.json", "image_tokenizer", "text_tokenizer", "prior"}
+    pipe = MiniDallePipeline.from_pretrained(pipeline, device="cpu")
+    assert pipe.prior.config.image_tokenizer_hash == DiscreteVAE.from_pretrained(image_tokenizer_dir).content_hash()
+    assert pipe.prior.config.text_len == 16
+    assert pipe.prior.config.dim == 32 and len(pipe.prior.blocks) == 2  # the tiny preset
+    out = pipe(["a red circle"], num_images_per_prompt=2, seed=0)
+    assert len(out.images) == 2 and out.images[0].size == (SIZE, SIZE)
+    summary = json.loads((trained / "run_summary.json").read_text())
+    assert summary["step"] == 40 and summary["num_processes"] == 1
+    evaluation = json.loads((trained / "eval.json").read_text())
+    assert evaluation["step"] == 40 and evaluation["val_bits_per_dim"] > 0
+    assert (trained / "checkpoints" / "step-0000040").is_dir()
+
+
+def test_training_feeds_per_position_pads(shapes_dir, image_tokenizer_dir, tmp_path, monkeypatch):
+    seen = []
+    forward = Prior.forward
+
+    def recording(self, text_tokens, image_codes, compute_loss=True):
+        if self.training:
+            seen.append(text_tokens.detach().clone())
+        return forward(self, text_tokens, image_codes, compute_loss)
+
+    monkeypatch.setattr(Prior, "forward", recording)
+    run(tiny_args(shapes_dir, tmp_path / "pads", image_tokenizer_dir, "--max_steps", "2"))
+    text = torch.cat(seen)
+    assert text.shape == (16, 16)
+    config = Prior.from_pretrained(tmp_path / "pads" / "pipeline" / "prior").config
+    v = config.text_vocab_size
+    pads = text >= v
+    assert pads.any() and (~pads).any()  # shapes captions are shorter than 16 tokens
+    assert (text < config.bos_id).all()
+    positions = torch.arange(16).expand_as(text)
+    assert torch.equal(text[pads], v + positions[pads])  # the pad at position i is the token V + i
+    assert (text[~pads] != 0).all()  # the text tokenizer's <pad> id (0) never reaches the prior
+
+
+# --- the codes cache -------------------------------------------------------------------------
+
+
+def test_the_codes_cache_is_built_once_and_reused(shapes_dir, image_tokenizer_dir, tmp_path, monkeypatch):
+    data = tmp_path / "data"
+    shutil.copytree(shapes_dir, data, ignore=shutil.ignore_patterns(".minidalle-codes"))
+    calls = []
+    encode = train_prior_module.encode_to_disk
+
+    def counting(*args, **kwargs):
+        calls.append(args[2])
+        return encode(*args, **kwargs)
+
+    monkeypatch.setattr(train_prior_module, "encode_to_disk", counting)
+    run(tiny_args(data, tmp_path / "a", image_tokenizer_dir, "--max_steps", "2"))
+    h = DiscreteVAE.from_pretrained(image_tokenizer_dir).content_hash()
+    cache = data / ".minidalle-codes" / f"{h}-train"
+    assert calls == [cache]
+    assert [p.name for p in (data / ".minidalle-codes").iterdir()] == [f"{h}-train"]
+    info = json.loads((cache / "codes_info.json").read_text())
+    assert info["tokenizer_hash"] == h and info["num_examples"] == 96
+    stamp = (cache / "codes_info.json").stat().st_mtime_ns
+    run(tiny_args(data, tmp_path / "b", image_tokenizer_dir, "--max_steps", "2"))
+    assert len(calls) == 1  # the second run read the cache, it did not re-encode
+    assert (cache / "codes_info.json").stat().st_mtime_ns == stamp
+    # another image tokenizer gets its own cache beside the first
+    other = make_image_tokenizer(1).save_pretrained(tmp_path / "other_tokenizer")
+    run(tiny_args(data, tmp_path / "c", other, "--max_steps", "2"))
+    assert len(calls) == 2
+    assert len(list((data / ".minidalle-codes").iterdir())) == 2
+
+
+def test_codes_of_another_image_tokenizer_are_a_user_error(shapes_dir, tmp_path):
+    from minidalle.data import DataArguments
+    from minidalle.encode import encode_to_disk
+
+    codes = encode_to_disk(make_image_tokenizer(0), DataArguments(data=str(shapes_dir)), tmp_path / "codes", progress=False)
+    other = make_image_tokenizer(1).save_pretrained(tmp_path / "other_tokenizer")
+    with pytest.raises(UserError, match="codes were made by image tokenizer"):
+        run(tiny_args(shapes_dir, tmp_path / "x", other, "--max_steps", "2", "--codes", str(codes)))
+
+
+# --- resume ----------------------------------------------------------------------------------
+
+
+def test_resume_continues_exactly(shapes_dir, image_tokenizer_dir, tmp_path):
+    full = tmp_path / "full"
+    ckpt = ["--max_steps", "20", "--checkpointing_steps", "10", "--checkpoints_total_limit", "5"]
+    run(tiny_args(shapes_dir, full, image_tokenizer_dir, *ckpt))
+    resumed = tmp_path / "resumed"
+    (resumed / "checkpoints").mkdir(parents=True)
+    shutil.copytree(full / "checkpoints" / "step-0000010", resumed / "checkpoints" / "step-0000010")
+    run(tiny_args(shapes_dir, resumed, image_tokenizer_dir, *ckpt, "--resume_from_checkpoint", "latest"))
+    a, b = losses(full), losses(resumed)
+    assert sorted(b) == [15, 20]  # continued after step 10, did not restart
+    assert b[15] == pytest.approx(a[15], rel=1e-6)
+    assert b[20] == pytest.approx(a[20], rel=1e-6)
+    wa, wb = weights(full / "pipeline"), weights(resumed / "pipeline")
+    assert wa.keys() == wb.keys()
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+# --- fine-tuning -----------------------------------------------------------------------------
+
+
+def test_init_from_a_pipeline_fine_tunes_with_frozen_blocks(trained, shapes_dir, tmp_path):
+    before = weights(trained / "pipeline")
+    out = tmp_path / "finetune"
+    run(tiny_args(shapes_dir, out, None, "--max_steps", "10", "--init_from", str(trained / "pipeline"),
+                  "--freeze_blocks", "1", "--learning_rate", "1e-3", "--text_len", "4"))
+    after = weights(out / "pipeline")
+    assert after.keys() == before.keys()
+    frozen = [k for k in before if k.startswith(("blocks.0.", "token_emb.", "text_pos.", "row_emb.", "col_emb."))]
+    trained_keys = [k for k in before if k not in frozen]
+    assert any(k.startswith("blocks.0.") for k in frozen)
+    assert all(torch.equal(before[k], after[k]) for k in frozen)
+    assert any(k.startswith("blocks.1.") for k in trained_keys)
+    for key in trained_keys:  # every weight of the other blocks and the heads moved
+        assert not torch.equal(before[key], after[key]), key
+    pipe = MiniDallePipeline.from_pretrained(out / "pipeline", device="cpu")
+    assert pipe.prior.config.text_len == 16  # a fine-tuned prior keeps its text length
+    # the inherited tokenizers: the same image tokenizer and text tokenizer as the run it came from
+    index_a = json.loads((trained / "pipeline" / "model_index.json").read_text())
+    index_b = json.loads((out / "pipeline" / "model_index.json").read_text())
+    assert index_a["image_tokenizer_hash"] == index_b["image_tokenizer_hash"]
+    assert not (out / "text_tokenizer").exists()
+    assert (out / "pipeline" / "text_tokenizer" / "tokenizer.json").read_text() == (
+        trained / "pipeline" / "text_tokenizer" / "tokenizer.json").read_text()
+
+
+def test_init_from_without_freezing_trains_everything(trained, shapes_dir, tmp_path):
+    before = weights(trained / "pipeline")
+    out = tmp_path / "finetune-all"
+    run(tiny_args(shapes_dir, out, None, "--max_steps", "3", "--init_from", str(trained / "pipeline")))
+    after = weights(out / "pipeline")
+    assert not torch.equal(before["blocks.0.qkv.weight"], after["blocks.0.qkv.weight"])
+    assert not torch.equal(before["token_emb.weight"], after["token_emb.weight"])
+
+
+def test_init_from_with_another_image_tokenizer_is_a_user_error(trained, shapes_dir, tmp_path):
+    other = make_image_tokenizer(1).save_pretrained(tmp_path / "other_tokenizer")
+    with pytest.raises(UserError, match=f"{re.escape(str(other))}.*trained with image tokenizer"):
+        run(tiny_args(shapes_dir, tmp_path / "x", other, "--max_steps", "2", "--init_from", str(trained / "pipeline")))
+
+
+def test_bad_flags_give_clear_errors(shapes_dir, image_tokenizer_dir, tmp_path):
+    with pytest.raises(UserError, match="--preset"):
+        run(tiny_args(shapes_dir, tmp_path / "a", image_tokenizer_dir, "--preset", "huge"))
+    with pytest.raises(UserError, match="--image_tokenizer is required"):
+        run(tiny_args(shapes_dir, tmp_path / "b", None))
+    with pytest.raises(UserError, match="not a saved minidalle image tokenizer|no such folder"):
+        run(tiny_args(shapes_dir, tmp_path / "c", tmp_path / "missing-tokenizer"))
+
+
+# --- two processes ---------------------------------------------------------------------------
+
+
+def test_two_cpu_processes_train_in_sync(shapes_dir, image_tokenizer_dir, tmp_path):
+    out = tmp_path / "ddp"
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    cmd = launcher + [str(ROOT / "train_prior.py"), *tiny_args(shapes_dir, out, image_tokenizer_dir, "--max_steps", "10")]
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((out / "run_summary.json").read_text())
+    assert summary["num_processes"] == 2
+    assert summary["ranks_in_sync"] is True
+    assert summary["step"] == 10
+    MiniDallePipeline.from_pretrained(out / "pipeline", device="cpu")
