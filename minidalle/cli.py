@@ -18,6 +18,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "export-dataset": ("minidalle.exports", "export_dataset_main", "export a captioned set shipped in a package (emoji, mnist)"),
     "train-tokenizer": ("minidalle.train_tokenizer", "main", "stage 1: train the dVAE image tokenizer"),
     "sample": ("minidalle.sample", "main", "prompts -> PNG images (bundled model by default)"),
+    "score": ("minidalle.score", "score_main", "log p(image | caption) in bits/dim, or rank captions for an image"),
     "train-prior": ("minidalle.train_prior", "main", "stage 2: train or fine-tune the prior over text + image codes"),
     "export-pipeline": ("minidalle.pipeline_io", "export_pipeline_main", "copy a pipeline folder with float16/bfloat16 weights"),
     "encode": ("minidalle.encode", "encode_main", "encode a dataset once into image-tokenizer codes"),

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .args import UserError
-from .serialization import content_hash, load_state_strict, load_weights, read_config, save_model_folder
+from .serialization import content_hash, load_config, load_state_strict, load_weights, save_model_folder
 
 KIND = "minidalle image tokenizer"
 LOGIT_LAPLACE_EPS = 0.1
@@ -46,7 +46,9 @@ class DVAEConfig:
     num_codes: int = 512  # K
     codebook_dim: int = 256
     widths: list[int] = field(default_factory=lambda: [32, 64, 128])  # one per down-sampling
-    res_blocks: int = 1  # per level
+    res_blocks: int = 1  # per level that has them
+    res_levels: int = -1  # how many levels, counted from the code grid up, have res blocks (-1: all)
+    stem: bool = True  # a 3x3 conv to widths[0] at full resolution before the first down-sampling
     quantizer: str = "gumbel"  # gumbel | vq
     recon_loss: str = "mse"  # mse | logit_laplace
     straight_through: bool = False  # gumbel: hard one-hot forward, soft gradient
@@ -65,6 +67,8 @@ class DVAEConfig:
             problems.append("widths needs at least one entry (one per down-sampling)")
         elif self.image_size % (2 ** len(self.widths)):
             problems.append(f"image_size {self.image_size} is not divisible by 2**{len(self.widths)}")
+        if not self.stem and self.res_levels < 0 and self.res_blocks:
+            problems.append("without a stem, res_levels must leave out the full-resolution level")
         if self.num_codes < 2:
             problems.append("num_codes must be at least 2")
         if problems:
@@ -107,16 +111,26 @@ class ResBlock(nn.Module):
         return x + self.conv2(F.relu(self.conv1(F.relu(x))))
 
 
+def _res_blocks(cfg: DVAEConfig, level: int, width: int) -> list[nn.Module]:
+    """Residual blocks at `level` (0: full resolution, len(widths): the code grid)."""
+    n = len(cfg.widths)
+    if cfg.res_levels >= 0 and level < n + 1 - cfg.res_levels:
+        return []
+    return [ResBlock(width) for _ in range(cfg.res_blocks)]
+
+
 class Encoder(nn.Module):
     def __init__(self, cfg: DVAEConfig, out_channels: int) -> None:
         super().__init__()
         w = cfg.widths
-        layers: list[nn.Module] = [nn.Conv2d(cfg.channels, w[0], 3, padding=1)]
+        layers: list[nn.Module] = [nn.Conv2d(cfg.channels, w[0], 3, padding=1)] if cfg.stem else []
         for i, width in enumerate(w):
-            layers += [ResBlock(width) for _ in range(cfg.res_blocks)]
+            layers += _res_blocks(cfg, i, width)
             nxt = w[min(i + 1, len(w) - 1)]
-            layers += [nn.ReLU(), nn.Conv2d(width, nxt, 4, stride=2, padding=1)]  # halve H, W
-        layers += [ResBlock(w[-1]) for _ in range(cfg.res_blocks)]
+            first = i == 0 and not cfg.stem  # the raw image goes straight into the first down-sampling
+            layers += [] if first else [nn.ReLU()]
+            layers += [nn.Conv2d(cfg.channels if first else width, nxt, 4, stride=2, padding=1)]  # halve H, W
+        layers += _res_blocks(cfg, len(w), w[-1])
         layers += [nn.ReLU(), nn.Conv2d(w[-1], out_channels, 1)]
         self.net = nn.Sequential(*layers)
 
@@ -128,12 +142,13 @@ class Decoder(nn.Module):
     def __init__(self, cfg: DVAEConfig, out_channels: int) -> None:
         super().__init__()
         w = cfg.widths[::-1]
+        n = len(w)
         layers: list[nn.Module] = [nn.Conv2d(cfg.codebook_dim, w[0], 1)]
-        layers += [ResBlock(w[0]) for _ in range(cfg.res_blocks)]
+        layers += _res_blocks(cfg, n, w[0])
         for i, width in enumerate(w):
-            nxt = w[min(i + 1, len(w) - 1)]
+            nxt = w[min(i + 1, n - 1)]
             layers += [nn.ReLU(), nn.ConvTranspose2d(width, nxt, 4, stride=2, padding=1)]  # double H, W
-            layers += [ResBlock(nxt) for _ in range(cfg.res_blocks)]
+            layers += _res_blocks(cfg, n - 1 - i, nxt)
         layers += [nn.ReLU(), nn.Conv2d(w[-1], out_channels, 3, padding=1)]
         self.net = nn.Sequential(*layers)
 
@@ -324,7 +339,7 @@ class DiscreteVAE(nn.Module):
         smoothed = (self.ema_count + 1e-5) / (n + k * 1e-5) * n  # Laplace smoothing
         self.codebook.weight.copy_(self.ema_sum / smoothed[:, None])
         if self.config.vq_restart_dead:
-            dead = self.ema_count < 1e-3 * n / k
+            dead = self.ema_count < 1.0  # used by less than one vector per batch, on average (Jukebox)
             if dead.any():
                 picks = torch.randint(0, flat.shape[0], (int(dead.sum()),), device=flat.device)
                 fresh = flat[picks]
@@ -342,7 +357,7 @@ class DiscreteVAE(nn.Module):
     @classmethod
     def from_pretrained(cls, folder: str | Path, map_location: str | torch.device = "cpu") -> "DiscreteVAE":
         """Load a saved image tokenizer; a folder of anything else is a clear `UserError`."""
-        config = DVAEConfig.from_dict(read_config(folder, KIND))
+        config = load_config(DVAEConfig, folder, KIND)
         model = cls(config)
         load_state_strict(model, load_weights(folder), folder)
         return model.to(map_location).eval()

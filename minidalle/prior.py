@@ -37,7 +37,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from .args import UserError
-from .serialization import content_hash, load_state_strict, load_weights, read_config, save_model_folder
+from .serialization import content_hash, load_config, load_state_strict, load_weights, save_model_folder
 
 KIND = "minidalle prior"
 
@@ -253,7 +253,7 @@ class Prior(nn.Module):
 
     @classmethod
     def from_pretrained(cls, folder: str | Path, map_location: str | torch.device = "cpu") -> "Prior":
-        config = PriorConfig.from_dict(read_config(folder, KIND))
+        config = load_config(PriorConfig, folder, KIND)
         model = cls(config)
         load_state_strict(model, load_weights(folder), folder)
         return model.to(map_location).eval()

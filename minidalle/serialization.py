@@ -67,6 +67,15 @@ def read_config(folder: str | Path, kind: str) -> dict:
     return config
 
 
+def load_config(config_class, folder: str | Path, kind: str):
+    """`read_config` + `config_class.from_dict`, with any invalid field reported against the folder."""
+    values = read_config(folder, kind)
+    try:
+        return config_class.from_dict(values)
+    except (UserError, TypeError, ValueError) as exc:
+        raise UserError(f"{Path(folder)}: invalid {kind} config: {exc}") from None
+
+
 def load_weights(folder: str | Path) -> dict[str, torch.Tensor]:
     """Read `folder/model.safetensors` with a clear error when it is missing or corrupt."""
     path = Path(folder) / WEIGHTS_NAME

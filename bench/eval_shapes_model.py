@@ -1,0 +1,100 @@
+#!/usr/bin/env python
+"""Quality of a shapes pipeline, judged exactly by `minidalle eval-shapes`' judge.
+
+    python bench/eval_shapes_model.py [--model DIR] [--num-prompts 400] [--out runs/eval-model]
+
+Samples one image per prompt with sample.py's defaults for prompts drawn from
+the train grammar and from the zeroshot split (held-out colour-shape pairs),
+at the default guidance and with guidance off (1.0), judges them, and checks
+zero-shot classification: `rank_captions` among the 8 colour variants of a
+held-out image's caption. Prints one JSON line per figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from minidalle.pipeline import MiniDallePipeline  # noqa: E402
+from minidalle.sample import SampleArguments  # noqa: E402
+from minidalle.shapes import PALETTE, generate_scene, render_scene  # noqa: E402
+from minidalle.shapes_eval import evaluate_manifest  # noqa: E402
+
+
+def prompts_for(split: str, n: int, seed: int) -> list[str]:
+    return [generate_scene(split, seed, i).caption for i in range(n)]
+
+
+def sample_and_judge(pipe, prompts: list[str], out: Path, guidance: float, seed: int, batch_size: int) -> dict:
+    out.mkdir(parents=True, exist_ok=True)
+    result = pipe(prompts, num_images_per_prompt=1, guidance_scale=guidance, seed=seed, batch_size=batch_size)
+    with open(out / "manifest.jsonl", "w") as f:
+        for i, (image, prompt) in enumerate(zip(result.images, result.prompts)):
+            image.save(out / f"{i:04d}.png")
+            f.write(json.dumps({"prompt": prompt, "file": f"{i:04d}.png"}) + "\n")
+    return evaluate_manifest(out / "manifest.jsonl")
+
+
+def rank_colour_accuracy(pipe, n: int, seed: int) -> float:
+    """Share of held-out one-object images whose true colour wins among the 8 colour variants of its caption."""
+    right = total = i = 0
+    while total < n:
+        scene = generate_scene("train", seed, i)
+        i += 1
+        if len(scene.objects) != 1:
+            continue
+        colour = scene.objects[0].color
+        words = scene.caption.split()
+        at = words.index(colour)
+        variants = []
+        for c in PALETTE:
+            w = words.copy()
+            w[at] = c
+            if at > 0 and w[at - 1] in ("a", "an"):
+                w[at - 1] = "an" if c[0] in "aeiou" else "a"
+            variants.append(" ".join(w))
+        ranked = pipe.rank_captions(render_scene(scene), variants)
+        right += ranked[0][0] == variants[list(PALETTE).index(colour)]
+        total += 1
+    return right / total
+
+
+def main() -> None:
+    defaults = SampleArguments()
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default=None, help="pipeline folder (default: the bundled model)")
+    parser.add_argument("--num-prompts", type=int, default=400)
+    parser.add_argument("--num-rank", type=int, default=200)
+    parser.add_argument("--guidance-scale", type=float, default=defaults.guidance_scale)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument("--out", default="runs/eval-model")
+    args = parser.parse_args()
+
+    pipe = MiniDallePipeline.from_pretrained(args.model)
+    out = Path(args.out)
+    sets = {"train_grammar": prompts_for("train", args.num_prompts, 1001), "zeroshot": prompts_for("zeroshot", args.num_prompts, 1002)}
+    for guidance in sorted({1.0, args.guidance_scale}):
+        for name, prompts in sets.items():
+            start = time.perf_counter()
+            report = sample_and_judge(pipe, prompts, out / f"{name}-g{guidance:g}", guidance, args.seed, args.batch_size)
+            row = {
+                "set": name, "guidance_scale": guidance, "images": report["images"],
+                "one_object_all_correct": report["all_correct_one"], "two_object_all_correct": report["all_correct_two"],
+                "relation_correct": report["accuracy"].get("relation"), "all_correct": report["all_correct"],
+                "accuracy": report["accuracy"], "seconds": round(time.perf_counter() - start, 1),
+            }
+            print(json.dumps(row), flush=True)
+    start = time.perf_counter()
+    accuracy = rank_colour_accuracy(pipe, args.num_rank, seed=1003)
+    print(json.dumps({"metric": "rank_captions_colour_accuracy", "value": accuracy, "images": args.num_rank,
+                      "seconds": round(time.perf_counter() - start, 1)}), flush=True)
+
+
+if __name__ == "__main__":
+    main()
