@@ -56,11 +56,14 @@ class PriorConfig:
     loss_img_weight: float = 7.0  # loss = (L_text + w * L_image) / (1 + w)
     caption_dropout: float = 0.15  # training: caption -> empty caption, for classifier-free guidance
     gradient_checkpointing: bool = False
+    image_positions: str = "rowcol"  # rowcol: row + column embeddings (2-D); flat: one learned embedding per position
     # the image tokenizer this prior was trained with (checked when a pipeline is assembled)
     image_tokenizer_hash: str = ""
     text_tokenizer_hash: str = ""
 
     def __post_init__(self) -> None:
+        if self.image_positions not in ("rowcol", "flat"):
+            raise UserError(f"prior config: image_positions must be 'rowcol' or 'flat', got {self.image_positions!r}")
         if self.dim % self.heads:
             raise UserError(f"prior config: dim {self.dim} is not divisible by heads {self.heads}")
         for name in ("text_vocab_size", "text_len", "num_image_codes", "image_grid", "layers"):
@@ -169,8 +172,11 @@ class Prior(nn.Module):
         c = config
         self.token_emb = nn.Embedding(c.vocab_size, c.dim)
         self.text_pos = nn.Embedding(c.text_len + 1, c.dim)  # <bos> + L text positions
-        self.row_emb = nn.Embedding(c.image_grid, c.dim)
-        self.col_emb = nn.Embedding(c.image_grid, c.dim)
+        if c.image_positions == "rowcol":
+            self.row_emb = nn.Embedding(c.image_grid, c.dim)
+            self.col_emb = nn.Embedding(c.image_grid, c.dim)
+        else:
+            self.image_pos = nn.Embedding(c.num_image_tokens, c.dim)
         self.blocks = nn.ModuleList(Block(c) for _ in range(c.layers))
         self.ln_f = nn.LayerNorm(c.dim)
         self.text_head = nn.Linear(c.dim, c.text_vocab_size + c.text_len, bias=False)
@@ -203,8 +209,11 @@ class Prior(nn.Module):
     def embed_image(self, codes: torch.Tensor, start: int = 0) -> torch.Tensor:
         """(B, n) image codes at grid positions start..start+n-1 -> (B, n, C)."""
         n = codes.shape[1]
+        tokens = self.token_emb(codes + self.config.image_offset)
+        if self.config.image_positions == "flat":
+            return tokens + self.image_pos.weight[start : start + n]
         rows, cols = self.image_rows[start : start + n], self.image_cols[start : start + n]
-        return self.token_emb(codes + self.config.image_offset) + self.row_emb(rows) + self.col_emb(cols)
+        return tokens + self.row_emb(rows) + self.col_emb(cols)
 
     def drop_captions(self, text_tokens: torch.Tensor, p: float, generator: torch.Generator | None = None) -> torch.Tensor:
         """Replace each caption by the empty caption (all per-position pads) with probability p."""
@@ -262,5 +271,6 @@ class Prior(nn.Module):
         return content_hash(asdict(self.config), self.state_dict())
 
     def num_parameters(self, embeddings: bool = True) -> int:
-        skip = {id(p) for m in (self.token_emb, self.text_pos, self.row_emb, self.col_emb) for p in m.parameters()}
+        parts = [self.token_emb, self.text_pos] + [getattr(self, n) for n in ("row_emb", "col_emb", "image_pos") if hasattr(self, n)]
+        skip = {id(p) for m in parts for p in m.parameters()}
         return sum(p.numel() for p in self.parameters() if embeddings or id(p) not in skip)

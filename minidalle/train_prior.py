@@ -62,6 +62,7 @@ class PriorArguments:
     eval_steps: int = arg(500, help="Validate (image-token NLL, bits/dim) and draw samples every N steps.")
     sample_prompts: str = arg("", help="Prompts for the sample grids, separated by '|' (default: 4 held-out captions).")
     guidance_scale: float = arg(3.0, help="Classifier-free guidance scale for the sample grids.")
+    image_positions: str = arg("rowcol", help="How image positions are embedded: rowcol (row + column, 2-D) or flat (1-D).")
 
 
 def _codes_cache(data_args: DataArguments, prior_args: PriorArguments, tokenizer: DiscreteVAE, out_dir: Path, accelerator):
@@ -140,7 +141,7 @@ def train(data_args: DataArguments, args: TrainingArguments, prior_args: PriorAr
             text_vocab_size=len(text_tokenizer), text_len=prior_args.text_len,
             num_image_codes=image_tokenizer.num_codes, image_grid=image_tokenizer.grid_size,
             caption_dropout=prior_args.caption_dropout, loss_img_weight=prior_args.loss_img_weight,
-            gradient_checkpointing=prior_args.gradient_checkpointing,
+            gradient_checkpointing=prior_args.gradient_checkpointing, image_positions=prior_args.image_positions,
             image_tokenizer_hash=image_tokenizer.content_hash(), **PRESETS[args.preset],
         )
         model = Prior(config)
@@ -148,7 +149,8 @@ def train(data_args: DataArguments, args: TrainingArguments, prior_args: PriorAr
     if len(text_tokenizer) > model.config.text_vocab_size:
         raise UserError(f"the text tokenizer has {len(text_tokenizer)} tokens, more than the prior's {model.config.text_vocab_size}")
     if prior_args.freeze_blocks:
-        frozen = [model.token_emb, model.text_pos, model.row_emb, model.col_emb, *model.blocks[: prior_args.freeze_blocks]]
+        embeddings = [model.token_emb, model.text_pos] + [getattr(model, n) for n in ("row_emb", "col_emb", "image_pos") if hasattr(model, n)]
+        frozen = [*embeddings, *model.blocks[: prior_args.freeze_blocks]]
         for module in frozen:
             module.requires_grad_(False)
     text_tokens = model.text_tokens(text_ids, text_tokenizer.pad_token_id)

@@ -62,6 +62,7 @@ class TokenizerArguments:
     vq_ema: bool = arg(False, help="vq: EMA codebook updates instead of the codebook loss.")
     vq_restart_dead: bool = arg(False, help="vq: re-seed dead codes from encoder outputs.")
     eval_data: str = arg("", help="A separate set for held-out PSNR (default: --eval_examples held out of --data).")
+    eval_split: str = arg("", help="The split of --eval_data to evaluate on (default: --split).")
     eval_examples: int = arg(256, help="Examples held out of --data for evaluation when --eval_data is not given.")
 
     def model_config(self, preset: str, resolution: int) -> DVAEConfig:
@@ -124,7 +125,7 @@ def train(data_args: DataArguments, args: TrainingArguments, tok_args: Tokenizer
     # ---- data: validated before any step
     ds = load_captioned_dataset(data_args, require_captions=False)
     if tok_args.eval_data:
-        eval_ds = load_captioned_dataset(DataArguments(**{**asdict(data_args), "data": tok_args.eval_data}), require_captions=False)
+        eval_ds = load_captioned_dataset(DataArguments(**{**asdict(data_args), "data": tok_args.eval_data, "split": tok_args.eval_split or data_args.split, "max_examples": 0}), require_captions=False)
     else:
         n_eval = min(tok_args.eval_examples, len(ds) // 10)
         eval_ds = ds.select(range(len(ds) - n_eval, len(ds))) if n_eval else None
