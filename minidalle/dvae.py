@@ -272,9 +272,16 @@ class DiscreteVAE(nn.Module):
         return self.decode(self.encode(images))
 
     # --------------------------------------------------------------- training
-    def forward(self, images: torch.Tensor, temperature: float = 1.0, kl_weight: float = 0.0) -> DVAEOutput:
-        """A training pass. `temperature` is tau (gumbel); `kl_weight` is beta (both quantizers)."""
+    def forward(self, images: torch.Tensor, temperature: float = 1.0, kl_weight: float = 0.0, decoder_only: bool = False) -> DVAEOutput:
+        """A training pass. `temperature` is tau (gumbel); `kl_weight` is beta (both quantizers).
+
+        `decoder_only` trains the decoder (and codebook) on the inference path,
+        decode(argmax codes), with the encoder frozen: the codes, and so any
+        prior trained on them, stay valid (`codes_hash` does not change).
+        """
         self._check_images(images)
+        if decoder_only:
+            return self._decoder_pass(images)
         h = self.encoder(self._normalize(images))
         if self.config.quantizer == "gumbel":
             z, kl, codes = self._gumbel(h, temperature)
@@ -293,6 +300,15 @@ class DiscreteVAE(nn.Module):
         recon = self._decode_output(out).detach()
         mse = F.mse_loss(recon.clamp(0, 1), images)
         return DVAEOutput(loss, recon_loss.detach(), kl.detach(), mse, recon.clamp(0, 1), codes)
+
+    def _decoder_pass(self, images: torch.Tensor) -> DVAEOutput:
+        with torch.no_grad():
+            codes = self.encoder_logits(images).argmax(1)  # (B, h, w)
+        out = self.decoder(self.codebook(codes).permute(0, 3, 1, 2))
+        recon_loss = self._recon_loss(out, images)
+        recon = self._decode_output(out).detach().clamp(0, 1)
+        zero = recon_loss.new_zeros(())
+        return DVAEOutput(recon_loss, recon_loss.detach(), zero, F.mse_loss(recon, images), recon, codes)
 
     def _gumbel(self, logits: torch.Tensor, temperature: float):
         """Relaxed one-hot over codes -> codebook mixture. Returns z (B, D, h, w), KL per cell, codes."""
@@ -363,5 +379,16 @@ class DiscreteVAE(nn.Module):
         return model.to(map_location).eval()
 
     def content_hash(self) -> str:
-        """Identifies these exact weights: stage 2 records it and refuses another tokenizer."""
+        """Identifies these exact weights (encoder, codebook and decoder)."""
         return content_hash(asdict(self.config), self.state_dict())
+
+    def codes_hash(self) -> str:
+        """Identifies the map image -> codes (the encoder; for vq also the codebook).
+
+        Stage 2 records it: a prior stays valid for a tokenizer whose decoder
+        was fine-tuned (`--train_decoder_only`), and refuses any other tokenizer.
+        """
+        parts = ("encoder.",) if self.config.quantizer == "gumbel" else ("encoder.", "codebook.")
+        state = {k: v for k, v in self.state_dict().items() if k.startswith(parts)}
+        shape = {k: getattr(self.config, k) for k in ("image_size", "channels", "num_codes", "quantizer")}
+        return content_hash(shape, state)

@@ -95,7 +95,7 @@ def encode_to_disk(
     ds = load_captioned_dataset(data_args, require_captions=True)
     codes = encode_dataset(tokenizer, ds, data_args, batch_size, progress)
     info = {
-        "tokenizer_hash": tokenizer.content_hash(),
+        "tokenizer_hash": tokenizer.codes_hash(),
         "num_codes": tokenizer.num_codes,
         "grid_size": tokenizer.grid_size,
         "data": data_args.data,
@@ -210,7 +210,7 @@ def reconstruct_main(argv: list[str] | None = None) -> None:
     with open(out / "manifest.jsonl", "w", encoding="utf-8") as f:
         f.writelines(json.dumps(r) + "\n" for r in rows)
     mse = torch.cat(errors)
-    result = {"images": len(rows), "psnr": psnr(mse.mean()), **codebook_stats(histogram), "tokenizer_hash": tokenizer.content_hash()}
+    result = {"images": len(rows), "psnr": psnr(mse.mean()), **codebook_stats(histogram), "tokenizer_hash": tokenizer.codes_hash()}
     (out / "reconstruct.json").write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result))
     print(f"wrote {len(rows)} reconstructions and {out / 'manifest.jsonl'}")

@@ -42,7 +42,7 @@ def save_pipeline(folder: str | Path, image_tokenizer: DiscreteVAE, text_tokeniz
         index = {
             "_class_name": "MiniDallePipeline",
             "minidalle_version": __version__,
-            "image_tokenizer_hash": image_tokenizer.content_hash(),
+            "image_tokenizer_hash": image_tokenizer.codes_hash(),
             "prior_hash": prior.content_hash(),
             "image_size": image_tokenizer.config.image_size,
             "image_grid": image_tokenizer.grid_size,
@@ -66,7 +66,7 @@ def check_compatible(prior: Prior, image_tokenizer: DiscreteVAE, text_tokenizer:
             f"{where}: the prior expects {cfg.num_image_codes} codes on a {cfg.image_grid}x{cfg.image_grid} grid, "
             f"the image tokenizer has {image_tokenizer.num_codes} on {image_tokenizer.grid_size}x{image_tokenizer.grid_size}"
         )
-    found = image_tokenizer.content_hash()
+    found = image_tokenizer.codes_hash()
     if cfg.image_tokenizer_hash and cfg.image_tokenizer_hash != found:
         raise UserError(
             f"{where}: the prior was trained with image tokenizer {cfg.image_tokenizer_hash}, "
@@ -104,7 +104,7 @@ def export_pipeline(source: str | Path, target: str | Path, dtype: str = "float1
     torch_dtype = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}[dtype]
     image_tokenizer.to(torch_dtype).float()
     prior.to(torch_dtype).float()
-    prior.config.image_tokenizer_hash = image_tokenizer.content_hash()
+    prior.config.image_tokenizer_hash = image_tokenizer.codes_hash()
     saved = save_pipeline(target, image_tokenizer.to(torch_dtype), text_tokenizer, prior.to(torch_dtype))
     return saved
 

@@ -67,7 +67,7 @@ class PriorArguments:
 
 def _codes_cache(data_args: DataArguments, prior_args: PriorArguments, tokenizer: DiscreteVAE, out_dir: Path, accelerator):
     """The encode-once cache: `--codes`, or DATA/.minidalle-codes/<hash>-<split>, built on first use."""
-    h = tokenizer.content_hash()
+    h = tokenizer.codes_hash()
     if prior_args.codes:
         return load_codes(prior_args.codes, expected_hash=h)
     if not data_args.data:
@@ -142,7 +142,7 @@ def train(data_args: DataArguments, args: TrainingArguments, prior_args: PriorAr
             num_image_codes=image_tokenizer.num_codes, image_grid=image_tokenizer.grid_size,
             caption_dropout=prior_args.caption_dropout, loss_img_weight=prior_args.loss_img_weight,
             gradient_checkpointing=prior_args.gradient_checkpointing, image_positions=prior_args.image_positions,
-            image_tokenizer_hash=image_tokenizer.content_hash(), **PRESETS[args.preset],
+            image_tokenizer_hash=image_tokenizer.codes_hash(), **PRESETS[args.preset],
         )
         model = Prior(config)
     model.config.gradient_checkpointing = prior_args.gradient_checkpointing

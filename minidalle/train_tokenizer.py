@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from . import schedules
-from .args import arg, parse_args
+from .args import UserError, arg, parse_args
 from .data import CaptionedImages, DataArguments, load_captioned_dataset, load_image_tensor
 from .dvae import PRESETS, DiscreteVAE, DVAEConfig
 from .metrics import codebook_stats, psnr
@@ -61,13 +61,14 @@ class TokenizerArguments:
     temperature_schedule: str = arg("exp", help="exp or cosine.")
     vq_ema: bool = arg(False, help="vq: EMA codebook updates instead of the codebook loss.")
     vq_restart_dead: bool = arg(False, help="vq: re-seed dead codes from encoder outputs.")
+    init_from: str = arg("", help="Start from a saved image tokenizer (its config replaces --preset and the shape flags).")
+    train_decoder_only: bool = arg(False, help="Freeze the encoder and train the decoder on decode(argmax codes), the inference "
+                                    "path; the codes, and any prior trained on them, stay valid.")
     eval_data: str = arg("", help="A separate set for held-out PSNR (default: --eval_examples held out of --data).")
     eval_split: str = arg("", help="The split of --eval_data to evaluate on (default: --split).")
     eval_examples: int = arg(256, help="Examples held out of --data for evaluation when --eval_data is not given.")
 
     def model_config(self, preset: str, resolution: int) -> DVAEConfig:
-        from .args import UserError
-
         if preset not in PRESETS:
             raise UserError(f"--preset must be one of {', '.join(PRESETS)}, got {preset!r}")
         values = dict(PRESETS[preset], image_size=resolution, quantizer=self.quantizer, recon_loss=self.recon_loss)
@@ -120,7 +121,13 @@ def train(data_args: DataArguments, args: TrainingArguments, tok_args: Tokenizer
     accelerator = make_accelerator(args)
     main = accelerator.is_main_process
     out_dir = check_output_dir(args.output_dir)
-    config = tok_args.model_config(args.preset, data_args.resolution)
+    if tok_args.init_from:
+        start = DiscreteVAE.from_pretrained(tok_args.init_from).train()
+        config = start.config
+        if config.image_size != data_args.resolution:
+            raise UserError(f"--init_from {tok_args.init_from} works on {config.image_size}px images; set --resolution {config.image_size}")
+    else:
+        start, config = None, tok_args.model_config(args.preset, data_args.resolution)
 
     # ---- data: validated before any step
     ds = load_captioned_dataset(data_args, require_captions=False)
@@ -136,7 +143,9 @@ def train(data_args: DataArguments, args: TrainingArguments, tok_args: Tokenizer
         train_set, batch_size=args.batch_size, shuffle=True, drop_last=True, num_workers=args.num_workers
     )
 
-    model = DiscreteVAE(config).to(memory_format=torch.channels_last)  # faster convolutions (oneDNN, cuDNN)
+    model = (start or DiscreteVAE(config)).to(memory_format=torch.channels_last)  # faster convolutions (oneDNN, cuDNN)
+    if tok_args.train_decoder_only:
+        model.encoder.requires_grad_(False)
     optimizer = build_optimizer(model, args)
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
     state = TrainState()
@@ -165,7 +174,8 @@ def train(data_args: DataArguments, args: TrainingArguments, tok_args: Tokenizer
 
     def step_fn(batch, step: int):
         tau, beta = schedules_at(step)
-        out = model(_images(batch).contiguous(memory_format=torch.channels_last), temperature=tau, kl_weight=beta)
+        out = model(_images(batch).contiguous(memory_format=torch.channels_last), temperature=tau, kl_weight=beta,
+                    decoder_only=tok_args.train_decoder_only)
         histogram = torch.bincount(out.codes.flatten(), minlength=config.num_codes).float()
         return out.loss, {"recon": out.recon_loss, "kl": out.kl, "mse": out.mse, "code_histogram": histogram}
 

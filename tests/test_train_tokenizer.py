@@ -112,3 +112,26 @@ def test_two_cpu_processes_train_in_sync(shapes_dir, tmp_path):
     assert summary["num_processes"] == 2
     assert summary["ranks_in_sync"] is True
     assert summary["step"] == 10
+
+
+def test_decoder_only_finetune_keeps_the_codes(shapes_dir, tmp_path):
+    first = tmp_path / "first"
+    run(tiny_args(shapes_dir, first, "--max_steps", "10"))
+    tuned = tmp_path / "tuned"
+    run(tiny_args(shapes_dir, tuned, "--max_steps", "30", "--init_from", str(first / "image_tokenizer"), "--train_decoder_only"))
+    before = DiscreteVAE.from_pretrained(first / "image_tokenizer")
+    after = DiscreteVAE.from_pretrained(tuned / "image_tokenizer")
+    assert after.codes_hash() == before.codes_hash()
+    assert after.content_hash() != before.content_hash()
+    for name, tensor in before.encoder.state_dict().items():
+        assert torch.equal(tensor, after.encoder.state_dict()[name])
+    log = [r for r in read_log(tuned) if "loss" in r]
+    assert log[-1]["mse"] < log[0]["mse"]
+    assert all(r["kl"] == 0 for r in log)
+
+
+def test_init_from_with_another_resolution_is_refused(shapes_dir, tmp_path):
+    first = tmp_path / "first"
+    run(tiny_args(shapes_dir, first, "--max_steps", "2"))
+    with pytest.raises(UserError, match="--resolution 32"):
+        run(tiny_args(shapes_dir, tmp_path / "b", "--max_steps", "2", "--init_from", str(first / "image_tokenizer"), "--resolution", "64"))
