@@ -41,6 +41,7 @@ def main() -> None:
     parser.add_argument("--heldout", default="data/shapes-heldout")
     parser.add_argument("--train", default="data/shapes-train")
     parser.add_argument("--out", default="runs/eval-tokenizer")
+    parser.add_argument("--num", type=int, default=500, help="judge the first N held-out images unlike every training image")
     args = parser.parse_args()
     out = Path(args.out)
     reconstruct_main(["--tokenizer", args.tokenizer, "--data", args.heldout, "--out", str(out)])
@@ -48,13 +49,24 @@ def main() -> None:
     heldout = pixel_hashes(Path(args.heldout))
     duplicates = {name for name, h in heldout.items() if h in train_hashes}
     rows = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
-    kept = [r for r in rows if r["file"] not in duplicates]
+    kept = [r for r in rows if r["file"] not in duplicates][: args.num]
+    if len(kept) < args.num:
+        sys.exit(f"only {len(kept)} held-out images differ from every training image; make more with make-shapes")
     (out / "manifest-unique.jsonl").write_text("".join(json.dumps(r) + "\n" for r in kept))
     report = evaluate_manifest(out / "manifest-unique.jsonl")
+    import numpy as np
+    from PIL import Image
+
+    errors = []
+    for r in kept:
+        a = np.asarray(Image.open(Path(args.heldout) / r["file"]).convert("RGB"), dtype=np.float64) / 255
+        b = np.asarray(Image.open(out / r["file"]).convert("RGB"), dtype=np.float64) / 255
+        errors.append(((a - b) ** 2).mean())
+    psnr = float(-10 * np.log10(np.mean(errors)))
     recon = json.loads((out / "reconstruct.json").read_text())
     print(json.dumps({
         "images": report["images"], "duplicates_of_training_images_dropped": len(duplicates),
-        "psnr": round(recon["psnr"], 2), "codebook_usage": recon["codebook_usage"],
+        "psnr": round(psnr, 2), "codebook_usage": recon["codebook_usage"],
         "one_object_all_correct": report["all_correct_one"], "two_object_all_correct": report["all_correct_two"],
         "all_correct": report["all_correct"], "accuracy": report["accuracy"],
     }))
