@@ -23,15 +23,14 @@ Inference is deterministic: `encode` takes the argmax (or nearest) code.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, fields
-from pathlib import Path
+from dataclasses import dataclass, field, fields
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .args import UserError
-from .serialization import content_hash, load_config, load_state_strict, load_weights, save_model_folder
+from .serialization import SavedModel, content_hash
 
 KIND = "minidalle image tokenizer"
 LOGIT_LAPLACE_EPS = 0.1
@@ -168,8 +167,11 @@ class DVAEOutput:
     codes: torch.Tensor  # (B, h, w) argmax / nearest codes of this batch
 
 
-class DiscreteVAE(nn.Module):
+class DiscreteVAE(SavedModel, nn.Module):
     """The image tokenizer. `encode` images -> codes, `decode` codes -> images."""
+
+    KIND = KIND
+    CONFIG_CLASS = DVAEConfig
 
     def __init__(self, config: DVAEConfig) -> None:
         super().__init__()
@@ -364,23 +366,6 @@ class DiscreteVAE(nn.Module):
                 self.codebook.weight[dead] = fresh
                 self.ema_sum[dead] = fresh
                 self.ema_count[dead] = 1.0
-
-    # ---------------------------------------------------------- persistence
-    def save_pretrained(self, folder: str | Path) -> Path:
-        """Write `config.json` + `model.safetensors` (atomically)."""
-        return save_model_folder(folder, KIND, asdict(self.config), self.state_dict())
-
-    @classmethod
-    def from_pretrained(cls, folder: str | Path, map_location: str | torch.device = "cpu") -> "DiscreteVAE":
-        """Load a saved image tokenizer; a folder of anything else is a clear `UserError`."""
-        config = load_config(DVAEConfig, folder, KIND)
-        model = cls(config)
-        load_state_strict(model, load_weights(folder), folder)
-        return model.to(map_location).eval()
-
-    def content_hash(self) -> str:
-        """Identifies these exact weights (encoder, codebook and decoder)."""
-        return content_hash(asdict(self.config), self.state_dict())
 
     def codes_hash(self) -> str:
         """Identifies the map image -> codes (the encoder; for vq also the codebook).

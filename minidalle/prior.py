@@ -28,8 +28,7 @@ cache in our trial). `gradient_checkpointing` is an option here too.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
-from pathlib import Path
+from dataclasses import dataclass, fields
 
 import torch
 import torch.nn.functional as F
@@ -37,7 +36,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from .args import UserError
-from .serialization import content_hash, load_config, load_state_strict, load_weights, save_model_folder
+from .serialization import SavedModel
 
 KIND = "minidalle prior"
 
@@ -163,8 +162,11 @@ class Block(nn.Module):
         return x + self.out(F.gelu(self.fc(self.ln2(x)), approximate="tanh"))
 
 
-class Prior(nn.Module):
+class Prior(SavedModel, nn.Module):
     """p(image codes | caption) as one GPT over text ++ image tokens."""
+
+    KIND = KIND
+    CONFIG_CLASS = PriorConfig
 
     def __init__(self, config: PriorConfig) -> None:
         super().__init__()
@@ -255,20 +257,6 @@ class Prior(nn.Module):
         out = self.forward(text_tokens, image_codes, compute_loss=False)
         logp = F.log_softmax(out.image_logits.float(), dim=-1)
         return -logp.gather(-1, image_codes.long()[..., None]).squeeze(-1).sum(-1)
-
-    # ------------------------------------------------------- persistence
-    def save_pretrained(self, folder: str | Path) -> Path:
-        return save_model_folder(folder, KIND, asdict(self.config), self.state_dict())
-
-    @classmethod
-    def from_pretrained(cls, folder: str | Path, map_location: str | torch.device = "cpu") -> "Prior":
-        config = load_config(PriorConfig, folder, KIND)
-        model = cls(config)
-        load_state_strict(model, load_weights(folder), folder)
-        return model.to(map_location).eval()
-
-    def content_hash(self) -> str:
-        return content_hash(asdict(self.config), self.state_dict())
 
     def num_parameters(self, embeddings: bool = True) -> int:
         parts = [self.token_emb, self.text_pos] + [getattr(self, n) for n in ("row_emb", "col_emb", "image_pos") if hasattr(self, n)]

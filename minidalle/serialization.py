@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import tempfile
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -108,3 +109,29 @@ def content_hash(config: dict, state_dict: dict[str, torch.Tensor]) -> str:
         digest.update(str(tensor.dtype).encode())
         digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()[:16]
+
+
+class SavedModel:
+    """`save_pretrained` / `from_pretrained` for an `nn.Module` with a dataclass `config`.
+
+    Subclasses set `KIND` (recorded in config.json and checked on load) and
+    `CONFIG_CLASS` (with a `from_dict` that rejects unknown fields).
+    """
+
+    KIND: str
+    CONFIG_CLASS: type
+
+    def save_pretrained(self, folder: str | Path) -> Path:
+        """Write `config.json` + `model.safetensors` (atomically)."""
+        return save_model_folder(folder, self.KIND, asdict(self.config), self.state_dict())
+
+    @classmethod
+    def from_pretrained(cls, folder: str | Path, map_location: str | torch.device = "cpu"):
+        """Load a saved model strictly; a folder of another kind is a clear `UserError`."""
+        model = cls(load_config(cls.CONFIG_CLASS, folder, cls.KIND))
+        load_state_strict(model, load_weights(folder), folder)
+        return model.to(map_location).eval()
+
+    def content_hash(self) -> str:
+        """Identifies these exact weights and config."""
+        return content_hash(asdict(self.config), self.state_dict())

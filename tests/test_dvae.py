@@ -16,14 +16,6 @@ from minidalle.dvae import DiscreteVAE, DVAEConfig
 from minidalle.shapes import generate_scene, render_scene
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run fastest on one thread (and do not fight a busy machine)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def tiny(**overrides) -> DiscreteVAE:
     values = dict(image_size=16, num_codes=16, codebook_dim=8, widths=[8, 16], res_blocks=1)

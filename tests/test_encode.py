@@ -20,13 +20,6 @@ NUM_CODES = 17  # not a square: the sheet has ceil(sqrt(17)) = 5 tiles a row, 4 
 SIZE = 32
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 @pytest.fixture(scope="module")
 def shapes_dir(tmp_path_factory):
@@ -93,7 +86,7 @@ def test_encoded_rows_are_the_tokenizer_codes_and_captions(encoded, tokenizer, s
 
 def test_codes_info_names_the_tokenizer(encoded, tokenizer, shapes_dir):
     info = json.loads((encoded / INFO_NAME).read_text())
-    assert info["tokenizer_hash"] == tokenizer.content_hash()
+    assert info["tokenizer_hash"] == tokenizer.codes_hash()
     assert info["num_codes"] == NUM_CODES
     assert info["grid_size"] == tokenizer.grid_size == 8
     assert info["num_examples"] == 20
@@ -102,13 +95,13 @@ def test_codes_info_names_the_tokenizer(encoded, tokenizer, shapes_dir):
 
 def test_load_codes_checks_the_tokenizer_hash(encoded, tokenizer):
     other = make_tokenizer(1)
-    assert other.content_hash() != tokenizer.content_hash()
+    assert other.codes_hash() != tokenizer.codes_hash()
     with pytest.raises(UserError) as err:
-        load_codes(encoded, expected_hash=other.content_hash())
-    assert str(encoded) in str(err.value) and other.content_hash() in str(err.value)
+        load_codes(encoded, expected_hash=other.codes_hash())
+    assert str(encoded) in str(err.value) and other.codes_hash() in str(err.value)
 
-    ds, info = load_codes(encoded, expected_hash=tokenizer.content_hash())
-    assert info["tokenizer_hash"] == tokenizer.content_hash()
+    ds, info = load_codes(encoded, expected_hash=tokenizer.codes_hash())
+    assert info["tokenizer_hash"] == tokenizer.codes_hash()
     assert len(ds) == 20
     codes = ds[:]["codes"]  # (N, h*w), as stage 2 reads it
     assert isinstance(codes, torch.Tensor) and codes.shape == (20, 64)
@@ -131,7 +124,7 @@ def test_encode_over_an_existing_folder_replaces_it(tmp_path, shapes_dir):
     first, second = make_tokenizer(0), make_tokenizer(1)
     encode_to_disk(first, DataArguments(data=str(shapes_dir), max_examples=5), out, progress=False)
     encode_to_disk(second, DataArguments(data=str(shapes_dir), max_examples=7), out, progress=False)
-    ds, info = load_codes(out, expected_hash=second.content_hash())
+    ds, info = load_codes(out, expected_hash=second.codes_hash())
     assert len(ds) == 7 and info["num_examples"] == 7
     assert sorted(p.name for p in tmp_path.iterdir()) == ["codes"]  # no temporary folder left
 
@@ -221,7 +214,7 @@ def test_reconstruct_writes_images_and_a_manifest(tmp_path, tokenizer_dir, token
     summary = json.loads((out / "reconstruct.json").read_text())
     assert summary["images"] == 20
     assert math.isfinite(summary["psnr"])
-    assert summary["tokenizer_hash"] == tokenizer.content_hash()
+    assert summary["tokenizer_hash"] == tokenizer.codes_hash()
     assert 0 < summary["codebook_usage"] <= 1
 
 

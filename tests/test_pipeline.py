@@ -31,13 +31,6 @@ CAPTIONS = [
 ] * 4
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def make_image_tokenizer(seed: int = 0, num_codes: int = K) -> DiscreteVAE:
     torch.manual_seed(seed)
@@ -60,7 +53,7 @@ def make_prior(text_vocab_size: int, image_tokenizer_hash: str, num_image_codes:
 def parts():
     image_tokenizer = make_image_tokenizer()
     text_tokenizer = train_text_tokenizer(CAPTIONS, vocab_size=300, min_frequency=1)
-    prior = make_prior(len(text_tokenizer), image_tokenizer.content_hash())
+    prior = make_prior(len(text_tokenizer), image_tokenizer.codes_hash())
     return image_tokenizer, text_tokenizer, prior
 
 
@@ -91,7 +84,7 @@ def test_the_folder_holds_three_parts_and_an_index(folder, parts):
     image_tokenizer, _, prior = parts
     assert {p.name for p in folder.iterdir()} == {INDEX_NAME, "image_tokenizer", "text_tokenizer", "prior"}
     index = json.loads((folder / INDEX_NAME).read_text())
-    assert index["image_tokenizer_hash"] == image_tokenizer.content_hash()
+    assert index["image_tokenizer_hash"] == image_tokenizer.codes_hash()
     assert index["prior_hash"] == prior.content_hash()
     assert (index["image_size"], index["image_grid"], index["num_image_codes"], index["text_len"]) == (SIZE, G, K, L)
     assert not list(folder.parent.glob(".pipeline.*"))  # the temporary folder is gone
@@ -236,7 +229,7 @@ def test_a_prior_paired_with_another_image_tokenizer_is_a_user_error(folder, tmp
 
 def test_a_prior_for_another_codebook_size_is_a_user_error(parts, tmp_path):
     image_tokenizer, text_tokenizer, _ = parts
-    prior = make_prior(len(text_tokenizer), image_tokenizer.content_hash(), num_image_codes=K // 2)
+    prior = make_prior(len(text_tokenizer), image_tokenizer.codes_hash(), num_image_codes=K // 2)
     folder = save_pipeline(tmp_path / "wrong-k", image_tokenizer, text_tokenizer, prior)
     with pytest.raises(UserError, match=f"{re.escape(str(folder))}.*expects {K // 2} codes.*has {K}"):
         MiniDallePipeline.from_pretrained(folder, device="cpu")
@@ -244,7 +237,7 @@ def test_a_prior_for_another_codebook_size_is_a_user_error(parts, tmp_path):
 
 def test_a_text_tokenizer_larger_than_the_priors_vocabulary_is_a_user_error(parts, tmp_path):
     image_tokenizer, text_tokenizer, _ = parts
-    prior = make_prior(len(text_tokenizer) - 10, image_tokenizer.content_hash())
+    prior = make_prior(len(text_tokenizer) - 10, image_tokenizer.codes_hash())
     folder = save_pipeline(tmp_path / "small-vocab", image_tokenizer, text_tokenizer, prior)
     with pytest.raises(UserError, match=f"{re.escape(str(folder))}.*text tokenizer has {len(text_tokenizer)} tokens"):
         MiniDallePipeline.from_pretrained(folder, device="cpu")

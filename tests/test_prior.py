@@ -14,13 +14,6 @@ V, L, K, G = 50, 8, 32, 4
 N = G * G
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def tiny_config(**overrides) -> PriorConfig:
     values = dict(text_vocab_size=V, text_len=L, num_image_codes=K, image_grid=G, dim=32, layers=2, heads=2)

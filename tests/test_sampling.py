@@ -14,13 +14,6 @@ V, L, K, G = 50, 8, 32, 4
 N = G * G
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 @pytest.fixture(scope="module")
 def prior() -> Prior:

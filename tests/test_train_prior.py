@@ -26,13 +26,6 @@ ROOT = Path(__file__).resolve().parents[1]
 SIZE = 32
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def make_image_tokenizer(seed: int) -> DiscreteVAE:
     """An untrained tiny image tokenizer: 32x32 images -> 4x4 codes of 32."""
@@ -100,7 +93,7 @@ def test_the_run_writes_a_complete_pipeline_that_loads_and_samples(trained, imag
     pipeline = trained / "pipeline"
     assert {p.name for p in pipeline.iterdir()} == {"model_index.json", "image_tokenizer", "text_tokenizer", "prior"}
     pipe = MiniDallePipeline.from_pretrained(pipeline, device="cpu")
-    assert pipe.prior.config.image_tokenizer_hash == DiscreteVAE.from_pretrained(image_tokenizer_dir).content_hash()
+    assert pipe.prior.config.image_tokenizer_hash == DiscreteVAE.from_pretrained(image_tokenizer_dir).codes_hash()
     assert pipe.prior.config.text_len == 16
     assert pipe.prior.config.dim == 32 and len(pipe.prior.blocks) == 2  # the tiny preset
     out = pipe(["a red circle"], num_images_per_prompt=2, seed=0)
@@ -150,7 +143,7 @@ def test_the_codes_cache_is_built_once_and_reused(shapes_dir, image_tokenizer_di
 
     monkeypatch.setattr(train_prior_module, "encode_to_disk", counting)
     run(tiny_args(data, tmp_path / "a", image_tokenizer_dir, "--max_steps", "2"))
-    h = DiscreteVAE.from_pretrained(image_tokenizer_dir).content_hash()
+    h = DiscreteVAE.from_pretrained(image_tokenizer_dir).codes_hash()
     cache = data / ".minidalle-codes" / f"{h}-train"
     assert calls == [cache]
     assert [p.name for p in (data / ".minidalle-codes").iterdir()] == [f"{h}-train"]
