@@ -30,9 +30,9 @@ def prompts_for(split: str, n: int, seed: int) -> list[str]:
     return [generate_scene(split, seed, i).caption for i in range(n)]
 
 
-def sample_and_judge(pipe, prompts: list[str], out: Path, guidance: float, seed: int, batch_size: int) -> dict:
+def sample_and_judge(pipe, prompts: list[str], out: Path, guidance: float, seed: int, batch_size: int, **sampling) -> dict:
     out.mkdir(parents=True, exist_ok=True)
-    result = pipe(prompts, num_images_per_prompt=1, guidance_scale=guidance, seed=seed, batch_size=batch_size)
+    result = pipe(prompts, num_images_per_prompt=1, guidance_scale=guidance, seed=seed, batch_size=batch_size, **sampling)
     with open(out / "manifest.jsonl", "w") as f:
         for i, (image, prompt) in enumerate(zip(result.images, result.prompts)):
             image.save(out / f"{i:04d}.png")
@@ -71,6 +71,10 @@ def main() -> None:
     parser.add_argument("--num-prompts", type=int, default=400)
     parser.add_argument("--num-rank", type=int, default=200)
     parser.add_argument("--guidance-scale", type=float, default=defaults.guidance_scale)
+    parser.add_argument("--temperature", type=float, default=defaults.temperature)
+    parser.add_argument("--top-k", type=int, default=defaults.top_k)
+    parser.add_argument("--top-p", type=float, default=defaults.top_p)
+    parser.add_argument("--skip-rank", action="store_true", help="skip the rank_captions check")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--seed", type=int, default=defaults.seed)
     parser.add_argument("--out", default="runs/eval-model")
@@ -82,14 +86,18 @@ def main() -> None:
     for guidance in sorted({1.0, args.guidance_scale}):
         for name, prompts in sets.items():
             start = time.perf_counter()
-            report = sample_and_judge(pipe, prompts, out / f"{name}-g{guidance:g}", guidance, args.seed, args.batch_size)
+            report = sample_and_judge(pipe, prompts, out / f"{name}-g{guidance:g}", guidance, args.seed, args.batch_size,
+                                      temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
             row = {
-                "set": name, "guidance_scale": guidance, "images": report["images"],
+                "set": name, "guidance_scale": guidance, "temperature": args.temperature, "top_k": args.top_k,
+                "top_p": args.top_p, "images": report["images"],
                 "one_object_all_correct": report["all_correct_one"], "two_object_all_correct": report["all_correct_two"],
                 "relation_correct": report["accuracy"].get("relation"), "all_correct": report["all_correct"],
                 "accuracy": report["accuracy"], "seconds": round(time.perf_counter() - start, 1),
             }
             print(json.dumps(row), flush=True)
+    if args.skip_rank:
+        return
     start = time.perf_counter()
     accuracy = rank_colour_accuracy(pipe, args.num_rank, seed=1003)
     print(json.dumps({"metric": "rank_captions_colour_accuracy", "value": accuracy, "images": args.num_rank,

@@ -91,8 +91,12 @@ def load_pipeline_parts(folder: str | Path, map_location: str = "cpu") -> tuple[
     return image_tokenizer, text_tokenizer, prior
 
 
-def export_pipeline(source: str | Path, target: str | Path, dtype: str = "float16") -> Path:
+def export_pipeline(source: str | Path, target: str | Path, dtype: str = "float16", image_tokenizer: str | Path | None = None) -> Path:
     """Copy a pipeline with its weights stored in `dtype` (e.g. to bundle it small).
+
+    `image_tokenizer` swaps in another image tokenizer with the same codes
+    (e.g. after `train_tokenizer.py --train_decoder_only`); the pairing check
+    refuses one that encodes differently.
 
     The image tokenizer's weights are rounded to `dtype` first and the prior
     re-pointed at the rounded tokenizer's content hash, so the exported folder
@@ -100,7 +104,13 @@ def export_pipeline(source: str | Path, target: str | Path, dtype: str = "float1
     """
     import torch
 
-    image_tokenizer, text_tokenizer, prior = load_pipeline_parts(source)
+    old_tokenizer, text_tokenizer, prior = load_pipeline_parts(source)
+    if image_tokenizer is None:
+        image_tokenizer = old_tokenizer
+    else:
+        where = str(image_tokenizer)
+        image_tokenizer = DiscreteVAE.from_pretrained(image_tokenizer)
+        check_compatible(prior, image_tokenizer, text_tokenizer, where)
     torch_dtype = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}[dtype]
     image_tokenizer.to(torch_dtype).float()
     prior.to(torch_dtype).float()
@@ -119,6 +129,7 @@ def export_pipeline_main(argv: list[str] | None = None) -> None:
         source: str = arg("", help="The pipeline folder to export (train_prior.py's OUTPUT_DIR/pipeline).")
         out: str = arg("", help="Where to write the exported pipeline.")
         dtype: str = arg("float16", help="float16, bfloat16 or float32.")
+        image_tokenizer: str = arg("", help="Swap in this image tokenizer (it must produce the same codes, e.g. a decoder fine-tune).")
 
     (args, _) = parse_args([ExportArguments], argv, prog="minidalle export-pipeline",
                            description="Copy a pipeline folder with its weights stored in a smaller dtype.")
@@ -126,6 +137,6 @@ def export_pipeline_main(argv: list[str] | None = None) -> None:
         raise UserError("--source and --out are required")
     if args.dtype not in ("float16", "bfloat16", "float32"):
         raise UserError(f"--dtype must be float16, bfloat16 or float32, got {args.dtype!r}")
-    out = export_pipeline(args.source, args.out, args.dtype)
+    out = export_pipeline(args.source, args.out, args.dtype, args.image_tokenizer or None)
     size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
     print(f"wrote {out} ({size / 1e6:.1f} MB)")

@@ -335,3 +335,32 @@ def test_sample_main_without_prompts_is_a_user_error(folder, tmp_path):
         sample_main(["   ", "--model", str(folder), "--out", str(tmp_path / "w")])
     with pytest.raises(UserError, match="--num_images"):
         sample_main(["a red circle", "--model", str(folder), "--out", str(tmp_path / "v"), "--num_images", "0"])
+
+
+# --- export-pipeline --------------------------------------------------------------------------
+
+
+def test_export_in_float16_loads_and_samples(folder, tmp_path):
+    from minidalle.pipeline_io import export_pipeline
+
+    out = export_pipeline(folder, tmp_path / "small", "float16")
+    size = lambda d: sum(f.stat().st_size for f in d.rglob("*.safetensors"))  # noqa: E731
+    assert size(out) < 0.6 * size(folder)
+    pipe = MiniDallePipeline.from_pretrained(out, device="cpu")
+    assert len(pipe(["a red circle"], num_images_per_prompt=2).images) == 2
+
+
+def test_export_swaps_in_a_decoder_finetuned_tokenizer_but_refuses_another(folder, parts, tmp_path):
+    from minidalle.pipeline_io import export_pipeline
+
+    tuned = make_image_tokenizer()
+    with torch.no_grad():
+        for p in tuned.decoder.parameters():
+            p.add_(0.01)
+    tuned.save_pretrained(tmp_path / "tuned")
+    out = export_pipeline(folder, tmp_path / "swapped", "float32", tmp_path / "tuned")
+    image_tokenizer, _, _ = load_pipeline_parts(out)
+    assert image_tokenizer.content_hash() == tuned.content_hash()
+    make_image_tokenizer(seed=1).save_pretrained(tmp_path / "other")
+    with pytest.raises(UserError, match="image tokenizer"):
+        export_pipeline(folder, tmp_path / "bad", "float32", tmp_path / "other")
