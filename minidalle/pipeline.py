@@ -86,11 +86,12 @@ class MiniDallePipeline:
         return self.prior.text_tokens(ids.to(self.device), self.text_tokenizer.pad_token_id)
 
     def _pixels(self, images) -> torch.Tensor:
-        """PIL images (or a (B, 3, H, W) tensor in [0, 1]) -> model input on the device."""
+        """PIL images or (H, W, 3) uint8 arrays (or a (B, 3, H, W) tensor in [0, 1]) -> model input on the device."""
         if isinstance(images, torch.Tensor):
             return images.to(self.device)
-        if isinstance(images, Image.Image):
+        if isinstance(images, (Image.Image, np.ndarray)):
             images = [images]
+        images = [Image.fromarray(im) if isinstance(im, np.ndarray) else im for im in images]
         return torch.stack([self.transform(im) for im in images]).to(self.device)
 
     @staticmethod
@@ -104,8 +105,8 @@ class MiniDallePipeline:
         self,
         prompts: Sequence[str] | str,
         num_images_per_prompt: int = 1,
-        guidance_scale: float = 3.0,
-        temperature: float = 1.0,
+        guidance_scale: float = 1.5,
+        temperature: float = 0.3,
         top_k: int = 0,
         top_p: float = 1.0,
         seed: int | None = 0,
