@@ -364,3 +364,12 @@ def test_export_swaps_in_a_decoder_finetuned_tokenizer_but_refuses_another(folde
     make_image_tokenizer(seed=1).save_pretrained(tmp_path / "other")
     with pytest.raises(UserError, match="image tokenizer"):
         export_pipeline(folder, tmp_path / "bad", "float32", tmp_path / "other")
+
+
+def test_numpy_images_score_like_pil_images(pipe):
+    import numpy as np
+
+    image = pipe(["a red circle"], num_images_per_prompt=1).images[0]
+    as_array = np.asarray(image)
+    assert pipe.score([as_array], ["a red circle"])[0]["log_prob"] == pytest.approx(pipe.score([image], ["a red circle"])[0]["log_prob"])
+    assert pipe.rank_captions(as_array, ["a red circle", "a blue square"]) == pipe.rank_captions(image, ["a red circle", "a blue square"])

@@ -1,0 +1,52 @@
+"""The `minidalle` console script: one entry point, one subcommand per job.
+
+Each subcommand lives in the module that does the work and exposes
+`main(argv) -> int | None`; it raises `minidalle.args.UserError` for bad input.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+from .args import run_main
+
+# name -> (module, function, one-line help)
+COMMANDS: dict[str, tuple[str, str, str]] = {
+    "make-shapes": ("minidalle.shapes", "make_shapes_main", "write the built-in shapes dataset (imagefolder)"),
+    "eval-shapes": ("minidalle.shapes_eval", "eval_shapes_main", "judge generated shapes images against their prompts"),
+    "export-dataset": ("minidalle.exports", "export_dataset_main", "export a captioned set shipped in a package (emoji, mnist)"),
+    "train-tokenizer": ("minidalle.train_tokenizer", "main", "stage 1: train the dVAE image tokenizer"),
+    "sample": ("minidalle.sample", "main", "prompts -> PNG images (bundled model by default)"),
+    "score": ("minidalle.score", "score_main", "log p(image | caption) in bits/dim, or rank captions for an image"),
+    "train-prior": ("minidalle.train_prior", "main", "stage 2: train or fine-tune the prior over text + image codes"),
+    "export-pipeline": ("minidalle.pipeline_io", "export_pipeline_main", "copy a pipeline folder with float16/bfloat16 weights"),
+    "encode": ("minidalle.encode", "encode_main", "encode a dataset once into image-tokenizer codes"),
+    "codebook": ("minidalle.encode", "codebook_main", "draw every code of an image tokenizer as a sheet"),
+    "reconstruct": ("minidalle.encode", "reconstruct_main", "round-trip images through an image tokenizer; PSNR + manifest"),
+}
+
+
+def usage() -> str:
+    width = max(len(n) for n in COMMANDS)
+    lines = ["usage: minidalle COMMAND [flags]   (minidalle COMMAND --help for its flags)", "", "commands:"]
+    lines += [f"  {name.ljust(width)}  {help_}" for name, (_, _, help_) in COMMANDS.items()]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(usage())
+        raise SystemExit(0 if argv else 2)
+    name = argv[0].replace("_", "-")
+    if name not in COMMANDS:
+        print(f"error: unknown command {argv[0]!r}\n\n{usage()}", file=sys.stderr)
+        raise SystemExit(2)
+    module, function, _ = COMMANDS[name]
+    entry = getattr(importlib.import_module(module), function)
+    run_main(lambda: entry(argv[1:]))
+
+
+if __name__ == "__main__":
+    main()

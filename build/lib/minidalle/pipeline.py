@@ -1,0 +1,183 @@
+"""MiniDallePipeline: prompts in, PIL images out (the diffusers habit), plus likelihood.
+
+    from minidalle import MiniDallePipeline
+    pipe = MiniDallePipeline.from_pretrained()            # the bundled shapes model
+    out = pipe(["a small red circle in the top left"], num_images_per_prompt=4, seed=0)
+    out.images[0].save("circle.png")
+    pipe.score(out.images[:1], ["a small red circle in the top left"])   # bits/dim
+    pipe.rank_captions(image, ["a red circle", "a blue circle"])        # zero-shot classification
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .args import UserError
+from .data import ImageTransform
+from .pipeline_io import load_pipeline_parts
+from .sampling import sample_codes
+from .text import MAX_CAPTION_CHARS, encode_captions
+
+logger = logging.getLogger("minidalle")
+
+DEFAULT_MODEL = Path(__file__).resolve().parent / "default_model"
+
+
+@dataclass
+class PipelineOutput:
+    images: list[Image.Image]  # num_images_per_prompt per prompt, prompt-major
+    codes: torch.Tensor  # (len(images), h*w) image codes
+    prompts: list[str]  # the prompt of each image
+    seeds: list[int]  # the seed that reproduces each image on its own (with batch_size=1)
+
+
+def check_prompts(prompts: Sequence[str] | str) -> list[str]:
+    """Validate prompts: a clear error for empty ones, a logged cut for over-long ones."""
+    if isinstance(prompts, str):
+        prompts = [prompts]
+    checked = []
+    for i, prompt in enumerate(prompts):
+        if not isinstance(prompt, str):
+            raise UserError(f"prompt {i + 1} is not text ({type(prompt).__name__})")
+        prompt = " ".join(prompt.replace("\x00", " ").split())  # control whitespace and runs of spaces -> one space
+        if not prompt:
+            raise UserError(f"prompt {i + 1} is empty; give a caption such as 'a small red circle in the top left'")
+        if len(prompt) > MAX_CAPTION_CHARS:
+            logger.warning("prompt %d has %d characters; only the first %d are read", i + 1, len(prompt), MAX_CAPTION_CHARS)
+            prompt = prompt[:MAX_CAPTION_CHARS]
+        checked.append(prompt)
+    if not checked:
+        raise UserError("no prompts given")
+    return checked
+
+
+class MiniDallePipeline:
+    """Image tokenizer + text tokenizer + prior, ready to sample, reconstruct and score."""
+
+    def __init__(self, image_tokenizer, text_tokenizer, prior, device: str | torch.device = "cpu") -> None:
+        self.image_tokenizer = image_tokenizer.eval()
+        self.text_tokenizer = text_tokenizer
+        self.prior = prior.eval()
+        self.device = torch.device(device)
+        self.transform = ImageTransform(image_tokenizer.config.image_size)
+
+    @classmethod
+    def from_pretrained(cls, folder: str | Path | None = None, device: str | torch.device | None = None) -> "MiniDallePipeline":
+        """Load a pipeline folder (`train_prior.py`'s OUTPUT_DIR/pipeline); None: the bundled default model."""
+        folder = DEFAULT_MODEL if folder is None else Path(folder)
+        if device is None:
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        image_tokenizer, text_tokenizer, prior = load_pipeline_parts(folder)
+        return cls(image_tokenizer.float().to(device), text_tokenizer, prior.float().to(device), device)
+
+    # -------------------------------------------------------------- helpers
+    def _text_tokens(self, prompts: list[str]) -> torch.Tensor:
+        ids, truncated = encode_captions(self.text_tokenizer, prompts, self.prior.config.text_len, warn=False)
+        if truncated:
+            logger.warning("%d prompt(s) longer than %d text tokens were truncated", truncated, self.prior.config.text_len)
+        return self.prior.text_tokens(ids.to(self.device), self.text_tokenizer.pad_token_id)
+
+    def _pixels(self, images) -> torch.Tensor:
+        """PIL images or (H, W, 3) uint8 arrays (or a (B, 3, H, W) tensor in [0, 1]) -> model input on the device."""
+        if isinstance(images, torch.Tensor):
+            return images.to(self.device)
+        if isinstance(images, (Image.Image, np.ndarray)):
+            images = [images]
+        images = [Image.fromarray(im) if isinstance(im, np.ndarray) else im for im in images]
+        return torch.stack([self.transform(im) for im in images]).to(self.device)
+
+    @staticmethod
+    def to_pil(images: torch.Tensor) -> list[Image.Image]:
+        array = (images.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+        return [Image.fromarray(np.ascontiguousarray(a)) for a in array]
+
+    # ------------------------------------------------------------- sampling
+    @torch.inference_mode()
+    def __call__(
+        self,
+        prompts: Sequence[str] | str,
+        num_images_per_prompt: int = 1,
+        guidance_scale: float = 1.5,
+        temperature: float = 0.3,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        seed: int | None = 0,
+        batch_size: int = 16,
+        init_image=None,
+        keep_rows: int = 0,
+        progress: bool = False,
+    ) -> PipelineOutput:
+        """Sample `num_images_per_prompt` images for each prompt.
+
+        With `init_image` and `keep_rows`, the top `keep_rows` rows of the
+        image's codes are kept and the rest completed (DALL-E, Fig. 2).
+        """
+        from tqdm.auto import tqdm
+
+        prompts = check_prompts(prompts)
+        if num_images_per_prompt < 1 or batch_size < 1:
+            raise UserError("num_images_per_prompt and batch_size must be >= 1")
+        g = self.prior.config.image_grid
+        if not 0 <= keep_rows <= g:
+            raise UserError(f"keep_rows must be between 0 and {g}")
+        primed = None
+        if init_image is not None and keep_rows:
+            primed = self.image_tokenizer.encode(self._pixels(init_image)[:1]).flatten(1)[:, : keep_rows * g]
+        flat = [p for p in prompts for _ in range(num_images_per_prompt)]
+        base_seed = int(torch.randint(0, 2**31 - 1, ()).item()) if seed is None else int(seed)
+        codes = []
+        chunks = range(0, len(flat), batch_size)
+        for start in tqdm(chunks, desc="sampling", disable=not progress or len(chunks) < 2, leave=False):
+            batch = flat[start : start + batch_size]
+            generator = torch.Generator(device=self.device).manual_seed(base_seed + start)
+            init = primed.expand(len(batch), -1) if primed is not None else None
+            codes.append(sample_codes(
+                self.prior, self._text_tokens(batch), guidance_scale=guidance_scale, temperature=temperature,
+                top_k=top_k, top_p=top_p, generator=generator, init_codes=init,
+            ))
+        codes = torch.cat(codes)
+        images = torch.cat([self.image_tokenizer.decode(c) for c in codes.split(64)])
+        seeds = [base_seed + (i // batch_size) * batch_size for i in range(len(flat))]
+        return PipelineOutput(self.to_pil(images), codes.cpu(), flat, seeds)
+
+    @torch.inference_mode()
+    def reconstruct(self, images) -> list[Image.Image]:
+        """Images after a round trip through the image tokenizer (encode -> decode)."""
+        return self.to_pil(self.image_tokenizer.reconstruct(self._pixels(images)))
+
+    # ----------------------------------------------------------- likelihood
+    @torch.inference_mode()
+    def score(self, images, captions: Sequence[str] | str, batch_size: int = 64) -> list[dict]:
+        """log p(image codes | caption) for each (image, caption) pair, in nats, and as bits per image dimension.
+
+        bits/dim divides -log2 p by 3*H*W: the cost of the image under the
+        prior given its tokenizer codes (a bound on the pixel likelihood).
+        """
+        pixels = self._pixels(images)
+        captions = check_prompts(captions)
+        if len(captions) == 1 and len(pixels) > 1:
+            captions = captions * len(pixels)
+        if len(captions) != len(pixels):
+            raise UserError(f"score: {len(pixels)} images but {len(captions)} captions")
+        dims = 3 * self.image_tokenizer.config.image_size**2
+        results = []
+        for start in range(0, len(pixels), batch_size):
+            codes = self.image_tokenizer.encode(pixels[start : start + batch_size]).flatten(1)
+            nll = self.prior.image_nll(self._text_tokens(captions[start : start + batch_size]), codes)
+            for caption, value in zip(captions[start : start + batch_size], nll.tolist()):
+                results.append({"caption": caption, "log_prob": -value, "bits_per_dim": value / (dims * math.log(2))})
+        return results
+
+    def rank_captions(self, image, candidates: Sequence[str]) -> list[tuple[str, float]]:
+        """Candidates ordered from most to least likely for `image`: (caption, log p(codes | caption))."""
+        pixels = self._pixels(image)[:1]
+        scores = self.score(pixels.expand(len(candidates), -1, -1, -1), list(candidates))
+        return sorted(((s["caption"], s["log_prob"]) for s in scores), key=lambda pair: -pair[1])

@@ -1,0 +1,111 @@
+"""Next-latent sampling from the prior: KV cache, top-k / top-p, temperature, guidance.
+
+The caption (and any primed image rows) is run through the prior once; then
+every new image code costs one position's work: its key and value are written
+into a pre-allocated cache and attention reads the cached prefix.
+
+Classifier-free guidance runs the caption and the empty caption as one batch
+of 2B and mixes `uncond + s * (cond - uncond)` before sampling (s = 1: off).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .prior import Prior
+
+
+def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
+    """Keep the `top_k` largest logits and the smallest set with probability >= `top_p`; others -> -inf."""
+    if top_k and top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
+        cumulative = sorted_logits.softmax(-1).cumsum(-1)
+        remove = cumulative - sorted_logits.softmax(-1) >= top_p  # keep the token that crosses top_p
+        logits = logits.masked_fill(remove.scatter(-1, order, remove), float("-inf"))
+    return logits
+
+
+def _sample(logits: torch.Tensor, temperature: float, top_k: int, top_p: float, generator) -> torch.Tensor:
+    if temperature <= 0:
+        return logits.argmax(-1)
+    probs = filter_logits(logits.float() / temperature, top_k, top_p).softmax(-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+def _run(prior: Prior, x: torch.Tensor, caches, pos: int) -> torch.Tensor:
+    """Run embeddings x (B, t, C) through the blocks (with caches, at `pos`); final hidden of the last position."""
+    for block, cache in zip(prior.blocks, caches):
+        x = block(x, cache, pos)
+    return prior.ln_f(x[:, -1])
+
+
+@torch.inference_mode()
+def sample_codes(
+    prior: Prior,
+    text_tokens: torch.Tensor,
+    *,
+    guidance_scale: float = 1.0,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    generator: torch.Generator | None = None,
+    init_codes: torch.Tensor | None = None,
+    use_cache: bool = True,
+) -> torch.Tensor:
+    """Sample image codes (B, N) given joint text tokens (B, L) (see `Prior.text_tokens`).
+
+    `init_codes` (B, n) primes the first n codes (image completion); they are kept as given.
+    `use_cache=False` re-runs the whole sequence for every code (slow; for checking the cache).
+    """
+    cfg = prior.config
+    b, n_total = text_tokens.shape[0], cfg.num_image_tokens
+    guided = guidance_scale != 1.0
+    if guided:
+        empty = cfg.text_vocab_size + torch.arange(cfg.text_len, device=text_tokens.device)
+        text_tokens = torch.cat([text_tokens, empty.expand(b, -1)])
+    bb = text_tokens.shape[0]
+    codes = torch.zeros(b, n_total, dtype=torch.long, device=text_tokens.device)
+    start = 0
+    if init_codes is not None and init_codes.shape[1]:
+        start = init_codes.shape[1]
+        codes[:, :start] = init_codes
+    if start >= n_total:  # every code primed (keep_rows = grid): nothing to sample, and no room in the cache
+        return codes
+    dtype = next(prior.parameters()).dtype
+    head_dim = cfg.dim // cfg.heads
+    caches = None
+    if use_cache:
+        shape = (bb, cfg.heads, cfg.seq_len, head_dim)
+        caches = [(torch.empty(shape, dtype=dtype, device=text_tokens.device), torch.empty(shape, dtype=dtype, device=text_tokens.device))
+                  for _ in prior.blocks]
+
+    def prefix_codes() -> torch.Tensor:
+        return codes[:, :start] if not guided else codes[:, :start].repeat(2, 1)
+
+    # the prompt (and primed codes) in one pass
+    x = prior.embed_prefix(text_tokens)
+    if start:
+        x = torch.cat([x, prior.embed_image(prefix_codes(), 0)], dim=1)
+    hidden = _run(prior, x, caches if use_cache else [None] * len(prior.blocks), 0)
+    pos = x.shape[1]
+    for j in range(start, n_total):
+        logits = prior.image_head(hidden).float()  # (bb, K)
+        if guided:
+            cond, uncond = logits[:b], logits[b:]
+            logits = uncond + guidance_scale * (cond - uncond)
+        codes[:, j] = _sample(logits, temperature, top_k, top_p, generator)
+        if j == n_total - 1:
+            break
+        if use_cache:
+            new = codes[:, j : j + 1] if not guided else codes[:, j : j + 1].repeat(2, 1)
+            hidden = _run(prior, prior.embed_image(new, j), caches, pos)
+            pos += 1
+        else:
+            all_codes = codes[:, : j + 1] if not guided else codes[:, : j + 1].repeat(2, 1)
+            x = torch.cat([prior.embed_prefix(text_tokens), prior.embed_image(all_codes, 0)], dim=1)
+            hidden = _run(prior, x, [None] * len(prior.blocks), 0)
+    return codes

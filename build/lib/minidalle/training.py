@@ -1,0 +1,304 @@
+"""The Accelerate training-loop pieces both trainers share.
+
+One step-based loop shape (nanoGPT's): schedules are pure functions of the
+optimizer step, checkpoints hold the step, and resuming re-enters the same
+epoch at the same batch, so a resumed run continues the interrupted one.
+Devices, processes, mixed precision and gradient accumulation are Accelerate's.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import re
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Iterator
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
+
+from .args import UserError, arg
+
+logger = logging.getLogger("minidalle")
+
+CHECKPOINTS_DIR = "checkpoints"
+STEP_RE = re.compile(r"^step-(\d+)$")
+
+
+@dataclass
+class TrainingArguments:
+    """The flags both trainers share (the command-line contract)."""
+
+    output_dir: str = arg("runs/run", help="Where checkpoints, logs, pictures and the final model go.")
+    preset: str = arg("small", help="Model size: tiny (seconds, for smoke tests), small, base.")
+    max_steps: int = arg(2000, help="Optimizer steps to train for (schedules are functions of the step).")
+    batch_size: int = arg(64, help="Examples per process per micro-batch.")
+    gradient_accumulation_steps: int = arg(1, help="Micro-batches per optimizer step.")
+    learning_rate: float = arg(1e-3, help="Peak learning rate (after warm-up).")
+    warmup_steps: int = arg(100, help="Linear learning-rate warm-up steps.")
+    min_lr_ratio: float = arg(0.1, help="The cosine decay ends at this fraction of the peak learning rate.")
+    weight_decay: float = arg(0.0, help="AdamW weight decay (applied to weights with >= 2 dims only).")
+    max_grad_norm: float = arg(1.0, help="Clip the gradient norm to this (0: no clipping).")
+    mixed_precision: str = arg("bf16", help="no | bf16 | fp16 (fp16 needs a GPU). bf16 is ~1.6-2x faster on recent CPUs.")
+    seed: int = arg(0, help="Seed for weights, data order and sampling noise.")
+    checkpointing_steps: int = arg(500, help="Save a resumable checkpoint every N steps (0: only at the end).")
+    checkpoints_total_limit: int = arg(2, help="Keep only the newest N checkpoints.")
+    resume_from_checkpoint: str = arg("", help="'latest' or a checkpoint folder to continue from.")
+    logging_steps: int = arg(25, help="Log metrics (log.jsonl, trackers) every N steps.")
+    image_steps: int = arg(500, help="Write a picture of the model's progress every N steps (0: never).")
+    report_to: str = arg("", help="Accelerate trackers to log to (e.g. tensorboard, wandb); log.jsonl is always written.")
+    num_workers: int = arg(0, help="DataLoader worker processes.")
+
+
+class TrainState:
+    """The step counter, saved with every checkpoint via `register_for_checkpointing`."""
+
+    def __init__(self) -> None:
+        self.step = 0
+
+    def state_dict(self) -> dict:
+        return {"step": self.step}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.step = int(state["step"])
+
+
+def make_accelerator(args: TrainingArguments) -> Accelerator:
+    """An Accelerator for this machine: GPU(s) when present, else CPU (one or more processes)."""
+    if args.mixed_precision not in ("no", "bf16", "fp16"):
+        raise UserError(f"--mixed_precision must be no, bf16 or fp16, got {args.mixed_precision!r}")
+    cpu = not torch.cuda.is_available()
+    if cpu and args.mixed_precision == "fp16":
+        raise UserError("--mixed_precision fp16 needs a GPU; use bf16 on CPU")
+    accelerator = Accelerator(
+        cpu=cpu,
+        mixed_precision=args.mixed_precision,
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        log_with=[t for t in args.report_to.split(",") if t] or None,
+        project_config=ProjectConfiguration(project_dir=args.output_dir, logging_dir=args.output_dir),
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+        step_scheduler_with_optimizer=False,
+    )
+    set_seed(args.seed, device_specific=False)
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(message)s", level=logging.INFO)
+    if not accelerator.is_main_process:
+        logging.getLogger().setLevel(logging.WARNING)
+    return accelerator
+
+
+def check_output_dir(path: str | Path) -> Path:
+    """Create the output folder and prove it is writable before any training step."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"x" * 4096)
+        probe.unlink()
+    except OSError as exc:
+        raise UserError(f"--output_dir {path}: not writable ({exc.strerror or exc})") from None
+    return path
+
+
+def build_optimizer(model: torch.nn.Module, args: TrainingArguments) -> torch.optim.Optimizer:
+    """AdamW; weight decay only on >= 2-D weights (not biases, norms or 1-D scales)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for p in params if p.ndim >= 2], "weight_decay": args.weight_decay},
+        {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
+    ]
+    fused = torch.cuda.is_available()
+    return torch.optim.AdamW(groups, lr=args.learning_rate, betas=(0.9, 0.99), fused=fused, foreach=not fused)
+
+
+def set_learning_rate(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+
+
+# ------------------------------------------------------------------ checkpoints
+def checkpoint_dirs(output_dir: str | Path) -> list[Path]:
+    """Complete checkpoints, oldest first (temporary folders of an interrupted save are ignored)."""
+    root = Path(output_dir) / CHECKPOINTS_DIR
+    if not root.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in root.iterdir() if (m := STEP_RE.match(p.name)) and p.is_dir()]
+    return [p for _, p in sorted(found)]
+
+
+def resolve_checkpoint(output_dir: str | Path, resume_from: str) -> Path | None:
+    """`latest` -> newest complete checkpoint (None if there is none yet); a path -> that folder."""
+    if not resume_from:
+        return None
+    if resume_from == "latest":
+        found = checkpoint_dirs(output_dir)
+        return found[-1] if found else None
+    path = Path(resume_from)
+    if not (path / "trainer_state.json").is_file():
+        raise UserError(f"--resume_from_checkpoint {path}: not a checkpoint folder (no trainer_state.json)")
+    return path
+
+
+def save_checkpoint(accelerator: Accelerator, args: TrainingArguments, step: int) -> Path:
+    """`save_state` into a temporary folder, then rename: a kill mid-save never leaves a partial `step-N`."""
+    root = Path(args.output_dir) / CHECKPOINTS_DIR
+    final = root / f"step-{step:07d}"
+    tmp = root / f".tmp-step-{step:07d}"
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+        root.mkdir(parents=True, exist_ok=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        (tmp / "trainer_state.json").write_text(json.dumps({"step": step, "args": asdict(args)}, indent=2))
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        for old in checkpoint_dirs(args.output_dir)[: -max(args.checkpoints_total_limit, 1)]:
+            shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def endless_batches(dataloader, accelerator: Accelerator, start_step: int) -> Iterator:
+    """Batches forever, epoch after epoch; on resume, skip what `start_step` optimizer steps consumed.
+
+    The prepared DataLoader uses a seedable sampler, so epoch e has the same
+    order in every run; `skip_first_batches` re-enters it at the right batch.
+    """
+    per_step = accelerator.gradient_accumulation_steps
+    batches_per_epoch = len(dataloader)
+    if batches_per_epoch == 0:
+        raise UserError("the dataset is smaller than one batch; lower --batch_size")
+    epoch, skip = divmod(start_step * per_step, batches_per_epoch)
+    while True:
+        dataloader.set_epoch(epoch)
+        source = accelerator.skip_first_batches(dataloader, skip) if skip else dataloader
+        yield from source
+        epoch, skip = epoch + 1, 0
+
+
+class MetricsLog:
+    """Appends one JSON object per logged step to `OUTPUT_DIR/log.jsonl` and to Accelerate trackers."""
+
+    def __init__(self, accelerator: Accelerator, output_dir: str | Path) -> None:
+        self.accelerator = accelerator
+        self.path = Path(output_dir) / "log.jsonl"
+        self.start = time.time()
+
+    def log(self, step: int, metrics: dict) -> None:
+        metrics = {k: (round(v, 6) if isinstance(v, float) and math.isfinite(v) else v) for k, v in metrics.items()}
+        if self.accelerator.is_main_process:
+            with open(self.path, "a", encoding="utf-8") as f:
+                f.write(json.dumps({"step": step, "time": round(time.time() - self.start, 2), **metrics}) + "\n")
+        self.accelerator.log(metrics, step=step)
+
+
+def save_image_grid(rows: list[torch.Tensor], path: str | Path) -> Path:
+    """Save rows of images (each (N, 3, H, W) in [0, 1]) as one PNG grid, rows stacked vertically."""
+    from PIL import Image
+
+    grid = torch.cat([torch.cat(list(row.float().clamp(0, 1)), dim=2) for row in rows], dim=1)  # (3, R*H, N*W)
+    array = (grid.permute(1, 2, 0) * 255).round().to(torch.uint8).cpu().numpy()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    Image.fromarray(array).save(tmp, format="PNG")
+    os.replace(tmp, path)
+    return path
+
+
+def ranks_in_sync(accelerator: Accelerator, model: torch.nn.Module) -> bool:
+    """True when every process holds the same weights (a cheap checksum per tensor, gathered)."""
+    with torch.no_grad():
+        sums = torch.stack([p.detach().double().sum() for p in accelerator.unwrap_model(model).state_dict().values()])
+    gathered = accelerator.gather(sums.to(accelerator.device)[None])  # (processes, tensors)
+    return bool((gathered == gathered[0:1]).all())
+
+
+def write_run_summary(accelerator: Accelerator, args: TrainingArguments, model: torch.nn.Module, step: int, extra: dict | None = None) -> dict:
+    """Record how the run ended (`OUTPUT_DIR/run_summary.json`): step, processes, whether ranks agree."""
+    summary = {
+        "step": step,
+        "num_processes": accelerator.num_processes,
+        "mixed_precision": accelerator.mixed_precision,
+        "device": str(accelerator.device),
+        "ranks_in_sync": ranks_in_sync(accelerator, model),
+        **(extra or {}),
+    }
+    if not summary["ranks_in_sync"]:
+        logger.error("the processes ended with different weights: the run is not trustworthy")
+    if accelerator.is_main_process:
+        (Path(args.output_dir) / "run_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def train_loop(
+    accelerator: Accelerator,
+    args: TrainingArguments,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    loader,
+    state: TrainState,
+    step_fn,
+    on_log=None,
+    on_step=None,
+    desc: str = "training",
+) -> None:
+    """The step-based loop both trainers run.
+
+    `step_fn(batch, step) -> (loss, metrics)`: the forward pass; `metrics` maps
+    names to tensors that are averaged on the device over each logging window
+    (no host sync inside a step). `on_log(step, means) -> dict` adds figures
+    derived from the window means; `on_step(step)` runs after every optimizer
+    step (pictures, evaluation). The learning rate is a pure function of the step.
+    """
+    from tqdm.auto import tqdm
+
+    from .schedules import learning_rate
+
+    log = MetricsLog(accelerator, args.output_dir)
+    window: dict[str, torch.Tensor] = {}
+    count = 0
+    bar = tqdm(total=args.max_steps, initial=state.step, disable=not accelerator.is_main_process, desc=desc, dynamic_ncols=True)
+    model.train()
+    for batch in endless_batches(loader, accelerator, state.step):
+        if state.step >= args.max_steps:
+            break
+        lr = learning_rate(state.step, args.learning_rate, args.warmup_steps, args.max_steps, args.min_lr_ratio)
+        with accelerator.accumulate(model):
+            with accelerator.autocast():
+                loss, metrics = step_fn(batch, state.step)
+            accelerator.backward(loss)
+            if accelerator.sync_gradients and args.max_grad_norm > 0:
+                accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+            set_learning_rate(optimizer, lr)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        for key, value in {"loss": loss, **metrics}.items():
+            value = value.detach().float()
+            window[key] = window[key] + value if key in window else value
+        count += 1
+        if not accelerator.sync_gradients:
+            continue
+        state.step += 1
+        bar.update(1)
+        if state.step % args.logging_steps == 0 or state.step == args.max_steps:
+            means = {k: accelerator.reduce(v / count, reduction="mean") for k, v in window.items()}
+            figures = {k: v.item() for k, v in means.items() if v.ndim == 0}
+            figures["lr"] = lr
+            if on_log is not None:
+                figures.update(on_log(state.step, means))
+            log.log(state.step, figures)
+            bar.set_postfix({k: f"{figures[k]:.4g}" for k in list(figures)[:3]})
+            window, count = {}, 0
+        if on_step is not None:
+            on_step(state.step)
+        if args.checkpointing_steps and state.step % args.checkpointing_steps == 0 and state.step < args.max_steps:
+            save_checkpoint(accelerator, args, state.step)
+    bar.close()
