@@ -23,14 +23,14 @@ Inference is deterministic: `encode` takes the argmax (or nearest) code.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .args import UserError
-from .serialization import SavedModel, content_hash
+from .serialization import SavedModel, config_from_dict, content_hash
 
 KIND = "minidalle image tokenizer"
 LOGIT_LAPLACE_EPS = 0.1
@@ -79,11 +79,7 @@ class DVAEConfig:
 
     @classmethod
     def from_dict(cls, values: dict) -> "DVAEConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise UserError(f"image tokenizer config: unknown field(s) {', '.join(unknown)}")
-        return cls(**values)
+        return config_from_dict(cls, values, "image tokenizer")
 
 
 PRESETS: dict[str, dict] = {

@@ -28,7 +28,7 @@ cache in our trial). `gradient_checkpointing` is an option here too.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -36,7 +36,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from .args import UserError
-from .serialization import SavedModel
+from .serialization import SavedModel, config_from_dict
 
 KIND = "minidalle prior"
 
@@ -91,11 +91,7 @@ class PriorConfig:
 
     @classmethod
     def from_dict(cls, values: dict) -> "PriorConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise UserError(f"prior config: unknown field(s) {', '.join(unknown)}")
-        return cls(**values)
+        return config_from_dict(cls, values, "prior")
 
 
 PRESETS: dict[str, dict] = {

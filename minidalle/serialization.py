@@ -68,6 +68,16 @@ def read_config(folder: str | Path, kind: str) -> dict:
     return config
 
 
+def config_from_dict(config_class, values: dict, what: str):
+    """Build a config dataclass, refusing fields it does not know (a typo is an error, not a default)."""
+    from dataclasses import fields
+
+    unknown = sorted(set(values) - {f.name for f in fields(config_class)})
+    if unknown:
+        raise UserError(f"{what} config: unknown field(s) {', '.join(unknown)}")
+    return config_class(**values)
+
+
 def load_config(config_class, folder: str | Path, kind: str):
     """`read_config` + `config_class.from_dict`, with any invalid field reported against the folder."""
     values = read_config(folder, kind)

@@ -30,11 +30,10 @@ from .sampling import sample_codes
 from .text import encode_captions, load_text_tokenizer, token_lengths, train_text_tokenizer
 from .training import (
     TrainingArguments,
-    TrainState,
     build_optimizer,
     check_output_dir,
     make_accelerator,
-    resolve_checkpoint,
+    restore_state,
     save_checkpoint,
     save_image_grid,
     train_loop,
@@ -167,12 +166,7 @@ def train(data_args: DataArguments, args: TrainingArguments, prior_args: PriorAr
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
     image_tokenizer.to(accelerator.device)
     raw_model = accelerator.unwrap_model(model)
-    state = TrainState()
-    accelerator.register_for_checkpointing(state)
-    resume = resolve_checkpoint(args.output_dir, args.resume_from_checkpoint)
-    if resume is not None:
-        accelerator.load_state(str(resume))
-        logger.info("resumed from %s at step %d", resume, state.step)
+    state = restore_state(accelerator, args)
 
     prompts = [p.strip() for p in prior_args.sample_prompts.split("|") if p.strip()] or list(dict.fromkeys(eval_captions))[:4]
     pixels_per_image = 3 * image_tokenizer.config.image_size**2

@@ -25,11 +25,10 @@ from .dvae import PRESETS, DiscreteVAE, DVAEConfig
 from .metrics import codebook_stats, psnr
 from .training import (
     TrainingArguments,
-    TrainState,
     build_optimizer,
     check_output_dir,
     make_accelerator,
-    resolve_checkpoint,
+    restore_state,
     save_checkpoint,
     save_image_grid,
     train_loop,
@@ -148,12 +147,7 @@ def train(data_args: DataArguments, args: TrainingArguments, tok_args: Tokenizer
         model.encoder.requires_grad_(False)
     optimizer = build_optimizer(model, args)
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
-    state = TrainState()
-    accelerator.register_for_checkpointing(state)
-    resume = resolve_checkpoint(args.output_dir, args.resume_from_checkpoint)
-    if resume is not None:
-        accelerator.load_state(str(resume))
-        logger.info("resumed from %s at step %d", resume, state.step)
+    state = restore_state(accelerator, args)
     if main:
         (out_dir / "train_config.json").write_text(
             json.dumps({"data": asdict(data_args), "training": asdict(args), "tokenizer": asdict(tok_args), "model": asdict(config)}, indent=2)

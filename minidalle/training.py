@@ -92,6 +92,18 @@ def make_accelerator(args: TrainingArguments) -> Accelerator:
     return accelerator
 
 
+def restore_state(accelerator: Accelerator, args: TrainingArguments) -> TrainState:
+    """The step counter, registered for checkpointing, and restored with everything else from
+    `--resume_from_checkpoint` when one is given (call after `accelerator.prepare`)."""
+    state = TrainState()
+    accelerator.register_for_checkpointing(state)
+    resume = resolve_checkpoint(args.output_dir, args.resume_from_checkpoint)
+    if resume is not None:
+        accelerator.load_state(str(resume))
+        logger.info("resumed from %s at step %d", resume, state.step)
+    return state
+
+
 def check_output_dir(path: str | Path) -> Path:
     """Create the output folder and prove it is writable before any training step."""
     path = Path(path)
