@@ -163,7 +163,7 @@ def save_checkpoint(accelerator: Accelerator, args: TrainingArguments, step: int
     tmp = root / f".tmp-step-{step:07d}"
     if accelerator.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)
-        root.mkdir(parents=True, exist_ok=True)
+        tmp.mkdir(parents=True)  # before the barrier: every process writes its own files into it
     accelerator.wait_for_everyone()
     accelerator.save_state(str(tmp))
     accelerator.wait_for_everyone()
