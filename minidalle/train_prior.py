@@ -32,6 +32,7 @@ from .training import (
     TrainingArguments,
     build_optimizer,
     check_output_dir,
+    end_run,
     make_accelerator,
     restore_state,
     save_checkpoint,
@@ -210,8 +211,7 @@ def train(data_args: DataArguments, args: TrainingArguments, prior_args: PriorAr
             result = {"step": state.step, **validate(raw_model, eval_text, eval_codes, pixels_per_image)}
             (out_dir / "eval.json").write_text(json.dumps(result, indent=2) + "\n")
         logger.info("saved the pipeline to %s", final)
-    accelerator.wait_for_everyone()
-    accelerator.end_training()
+    end_run(accelerator)
     return final
 
 

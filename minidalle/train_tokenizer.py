@@ -27,6 +27,7 @@ from .training import (
     TrainingArguments,
     build_optimizer,
     check_output_dir,
+    end_run,
     make_accelerator,
     restore_state,
     save_checkpoint,
@@ -201,8 +202,7 @@ def train(data_args: DataArguments, args: TrainingArguments, tok_args: Tokenizer
             logger.info("held-out PSNR %.2f dB, codebook usage %.1f%% (%d images)",
                         result["eval_psnr"], 100 * result["eval_codebook_usage"], len(eval_images))
         logger.info("saved the image tokenizer to %s", final)
-    accelerator.wait_for_everyone()
-    accelerator.end_training()
+    end_run(accelerator)
     return final
 
 

@@ -225,6 +225,15 @@ def save_image_grid(rows: list[torch.Tensor], path: str | Path) -> Path:
     return path
 
 
+def end_run(accelerator: Accelerator) -> None:
+    """Close trackers and, with several processes, the process group, so that no process
+    exits while a communication thread is still alive (gloo aborts at exit otherwise)."""
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
 def ranks_in_sync(accelerator: Accelerator, model: torch.nn.Module) -> bool:
     """True when every process holds the same weights (a cheap checksum per tensor, gathered)."""
     with torch.no_grad():
