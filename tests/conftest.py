@@ -19,3 +19,25 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture
+def run_two_cpu_processes():
+    """Run a trainer script as 2 CPU processes (`accelerate launch --multi_gpu` with ACCELERATE_USE_CPU=1,
+    which `--cpu --num_processes 2` is not: that silently runs one); returns its run_summary.json."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+
+    def run(script: str, args: list[str], output_dir: Path) -> dict:
+        env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(root)}
+        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", str(root / script), *args]
+        result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+        assert result.returncode == 0, result.stderr[-3000:]
+        return json.loads((Path(output_dir) / "run_summary.json").read_text())
+
+    return run

@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -22,7 +19,6 @@ from minidalle.prior import Prior
 from minidalle.shapes import make_shapes
 from minidalle.train_prior import main as train_main
 
-ROOT = Path(__file__).resolve().parents[1]
 SIZE = 32
 
 
@@ -245,15 +241,9 @@ def test_bad_flags_give_clear_errors(shapes_dir, image_tokenizer_dir, tmp_path):
 # --- two processes ---------------------------------------------------------------------------
 
 
-def test_two_cpu_processes_train_in_sync(shapes_dir, image_tokenizer_dir, tmp_path):
+def test_two_cpu_processes_train_in_sync(shapes_dir, image_tokenizer_dir, tmp_path, run_two_cpu_processes):
     out = tmp_path / "ddp"
-    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
-    cmd = launcher + [str(ROOT / "train_prior.py"), *tiny_args(shapes_dir, out, image_tokenizer_dir, "--max_steps", "10")]
-    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
-    assert result.returncode == 0, result.stderr[-3000:]
-    summary = json.loads((out / "run_summary.json").read_text())
+    summary = run_two_cpu_processes("train_prior.py", tiny_args(shapes_dir, out, image_tokenizer_dir, "--max_steps", "10"), out)
     assert summary["num_processes"] == 2
     assert summary["ranks_in_sync"] is True
     assert summary["step"] == 10
