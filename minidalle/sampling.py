@@ -11,7 +11,6 @@ of 2B and mixes `uncond + s * (cond - uncond)` before sampling (s = 1: off).
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from .prior import Prior
 

@@ -11,7 +11,6 @@ import io
 import json
 import logging
 import re
-import shutil
 from pathlib import Path
 
 import numpy as np
