@@ -38,7 +38,8 @@ def encode_dataset(
     """Codes (N, h*w) int16/int32 of every image of a validated `datasets.Dataset`, in order."""
     device = next(tokenizer.parameters()).device
     images = CaptionedImages(ds, data_args, with_captions=with_captions)
-    loader = torch.utils.data.DataLoader(images, batch_size=batch_size, shuffle=False)
+    # its own generator: whether the codes were cached must not change the global RNG (and so a model's init)
+    loader = torch.utils.data.DataLoader(images, batch_size=batch_size, shuffle=False, generator=torch.Generator())
     dtype = torch.int16 if tokenizer.num_codes <= 2**15 else torch.int32
     out = []
     for batch in tqdm(loader, desc="encoding", disable=not progress, leave=False):
@@ -191,7 +192,7 @@ def reconstruct_main(argv: list[str] | None = None) -> None:
     has_objects = "objects" in ds.column_names
     if has_objects:
         from .shapes import ShapeObject, full_caption
-    loader = torch.utils.data.DataLoader(CaptionedImages(ds, data_args), batch_size=args.batch_size)
+    loader = torch.utils.data.DataLoader(CaptionedImages(ds, data_args), batch_size=args.batch_size, generator=torch.Generator())
     rows, errors, histogram = [], [], torch.zeros(tokenizer.num_codes, dtype=torch.long)
     for batch in tqdm(loader, desc="reconstructing", leave=False):
         images = batch["pixel_values"]

@@ -52,7 +52,7 @@ def check_prompts(prompts: Sequence[str] | str) -> list[str]:
             raise UserError(f"prompt {i + 1} is empty; give a caption such as 'a small red circle in the top left'")
         if len(prompt) > MAX_CAPTION_CHARS:
             logger.warning("prompt %d has %d characters; only the first %d are read", i + 1, len(prompt), MAX_CAPTION_CHARS)
-            prompt = prompt[:MAX_CAPTION_CHARS]
+            prompt = prompt[:MAX_CAPTION_CHARS].rstrip()
         checked.append(prompt)
     if not checked:
         raise UserError("no prompts given")

@@ -31,7 +31,9 @@ from .text import encode_captions, load_text_tokenizer, token_lengths, train_tex
 from .training import (
     TrainingArguments,
     build_optimizer,
+    check_free_space,
     check_output_dir,
+    train_loader,
     end_run,
     make_accelerator,
     restore_state,
@@ -161,8 +163,9 @@ def train(data_args: DataArguments, args: TrainingArguments, prior_args: PriorAr
     train_set = torch.utils.data.TensorDataset(text_tokens[:n_train], image_codes[:n_train])
     eval_text, eval_codes = text_tokens[n_train:], image_codes[n_train:]
     eval_captions = captions[n_train:]
-    loader = torch.utils.data.DataLoader(train_set, batch_size=args.batch_size, shuffle=True, drop_last=True, num_workers=args.num_workers)
+    loader = train_loader(train_set, args)
 
+    check_free_space(args, model)
     optimizer = build_optimizer(model, args)
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
     image_tokenizer.to(accelerator.device)

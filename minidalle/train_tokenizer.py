@@ -26,7 +26,9 @@ from .metrics import codebook_stats, psnr
 from .training import (
     TrainingArguments,
     build_optimizer,
+    check_free_space,
     check_output_dir,
+    train_loader,
     end_run,
     make_accelerator,
     restore_state,
@@ -139,13 +141,12 @@ def train(data_args: DataArguments, args: TrainingArguments, tok_args: Tokenizer
         ds = ds.select(range(len(ds) - n_eval))
     train_set = _image_source(data_args, ds, progress=main)
     eval_images = load_image_tensor(eval_ds, data_args, progress=False).float() / 255 if eval_ds is not None else None
-    loader = torch.utils.data.DataLoader(
-        train_set, batch_size=args.batch_size, shuffle=True, drop_last=True, num_workers=args.num_workers
-    )
+    loader = train_loader(train_set, args)
 
     model = (start or DiscreteVAE(config)).to(memory_format=torch.channels_last)  # faster convolutions (oneDNN, cuDNN)
     if tok_args.train_decoder_only:
         model.encoder.requires_grad_(False)
+    check_free_space(args, model)
     optimizer = build_optimizer(model, args)
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
     state = restore_state(accelerator, args)

@@ -45,7 +45,9 @@ class TrainingArguments:
     min_lr_ratio: float = arg(0.1, help="The cosine decay ends at this fraction of the peak learning rate.")
     weight_decay: float = arg(0.0, help="AdamW weight decay (applied to weights with >= 2 dims only).")
     max_grad_norm: float = arg(1.0, help="Clip the gradient norm to this (0: no clipping).")
-    mixed_precision: str = arg("bf16", help="no | bf16 | fp16 (fp16 needs a GPU). bf16 is ~1.6-2x faster on recent CPUs.")
+    mixed_precision: str = arg(
+        "auto", help="auto | no | bf16 | fp16 (fp16 needs a GPU). auto: bf16 where the hardware runs it natively "
+        "(a bf16 GPU, or a CPU with AVX512-BF16/AMX, where it is ~1.6-2x faster), else fp32.")
     seed: int = arg(0, help="Seed for weights, data order and sampling noise.")
     checkpointing_steps: int = arg(500, help="Save a resumable checkpoint every N steps (0: only at the end).")
     checkpoints_total_limit: int = arg(2, help="Keep only the newest N checkpoints.")
@@ -54,28 +56,48 @@ class TrainingArguments:
     image_steps: int = arg(500, help="Write a picture of the model's progress every N steps (0: never).")
     report_to: str = arg("", help="Accelerate trackers to log to (e.g. tensorboard, wandb); log.jsonl is always written.")
     num_workers: int = arg(0, help="DataLoader worker processes.")
+    max_nonfinite_steps: int = arg(
+        10, help="A step whose loss or gradients are NaN/inf is skipped (counted in the log as skipped_steps); "
+        "after this many in a row the run stops, keeping its last checkpoint.")
 
 
 class TrainState:
-    """The step counter, saved with every checkpoint via `register_for_checkpointing`."""
+    """The step counter. It is saved in each checkpoint's `trainer_state.json` (not as a pickle), so
+    that resuming unpickles nothing with `weights_only=False`."""
 
-    def __init__(self) -> None:
-        self.step = 0
+    def __init__(self, step: int = 0) -> None:
+        self.step = step
 
-    def state_dict(self) -> dict:
-        return {"step": self.step}
 
-    def load_state_dict(self, state: dict) -> None:
-        self.step = int(state["step"])
+def native_bf16(cpu: bool) -> bool:
+    """Whether bf16 runs natively here. On a CPU without AVX512-BF16/AMX, PyTorch emulates bf16 matmuls
+    and convolutions: measured ~100x slower than fp32 on an AVX2-only 2-core EPYC."""
+    if not cpu:
+        return torch.cuda.is_bf16_supported()
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # an unusual build: assume not
+        return False
+
+
+def resolve_mixed_precision(requested: str, cpu: bool) -> str:
+    """`--mixed_precision` to what Accelerate gets: `auto` picks bf16 only where it is native."""
+    if requested not in ("auto", "no", "bf16", "fp16"):
+        raise UserError(f"--mixed_precision must be auto, no, bf16 or fp16, got {requested!r}")
+    if cpu and requested == "fp16":
+        raise UserError("--mixed_precision fp16 needs a GPU; use bf16 (or auto) on CPU")
+    if requested == "auto":
+        return "bf16" if native_bf16(cpu) else "no"
+    if requested == "bf16" and not native_bf16(cpu):
+        logger.warning("--mixed_precision bf16: this %s has no native bf16, so it is emulated and far slower than "
+                       "fp32 (use --mixed_precision auto or no)", "CPU" if cpu else "GPU")
+    return requested
 
 
 def make_accelerator(args: TrainingArguments) -> Accelerator:
     """An Accelerator for this machine: GPU(s) when present, else CPU (one or more processes)."""
-    if args.mixed_precision not in ("no", "bf16", "fp16"):
-        raise UserError(f"--mixed_precision must be no, bf16 or fp16, got {args.mixed_precision!r}")
     cpu = not torch.cuda.is_available()
-    if cpu and args.mixed_precision == "fp16":
-        raise UserError("--mixed_precision fp16 needs a GPU; use bf16 on CPU")
+    args.mixed_precision = resolve_mixed_precision(args.mixed_precision, cpu)
     accelerator = Accelerator(
         cpu=cpu,
         mixed_precision=args.mixed_precision,
@@ -93,15 +115,18 @@ def make_accelerator(args: TrainingArguments) -> Accelerator:
 
 
 def restore_state(accelerator: Accelerator, args: TrainingArguments) -> TrainState:
-    """The step counter, registered for checkpointing, and restored with everything else from
+    """The step counter, and everything else (weights, optimizer, data position, RNG states) restored from
     `--resume_from_checkpoint` when one is given (call after `accelerator.prepare`)."""
-    state = TrainState()
-    accelerator.register_for_checkpointing(state)
     resume = resolve_checkpoint(args.output_dir, args.resume_from_checkpoint)
-    if resume is not None:
-        accelerator.load_state(str(resume))
-        logger.info("resumed from %s at step %d", resume, state.step)
-    return state
+    if resume is None:
+        return TrainState()
+    try:
+        step = int(json.loads((resume / "trainer_state.json").read_text())["step"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise UserError(f"--resume_from_checkpoint {resume}: unreadable trainer_state.json ({exc})") from None
+    accelerator.load_state(str(resume))
+    logger.info("resumed from %s at step %d", resume, step)
+    return TrainState(step)
 
 
 def check_output_dir(path: str | Path) -> Path:
@@ -115,6 +140,17 @@ def check_output_dir(path: str | Path) -> Path:
     except OSError as exc:
         raise UserError(f"--output_dir {path}: not writable ({exc.strerror or exc})") from None
     return path
+
+
+def check_free_space(args: TrainingArguments, model: torch.nn.Module) -> None:
+    """Refuse to start when the output folder's disk cannot hold the checkpoints this run will keep
+    (weights + two AdamW moments each, plus the final model), rather than failing at the first save."""
+    per_checkpoint = 3 * sum(p.numel() * p.element_size() for p in model.parameters())
+    needed = per_checkpoint * (max(args.checkpoints_total_limit, 1) + 1) + (1 << 20)
+    free = shutil.disk_usage(args.output_dir).free
+    if free < needed:
+        raise UserError(f"--output_dir {args.output_dir}: only {free / 2**20:.1f} MiB free, but this run's checkpoints "
+                        f"need about {needed / 2**20:.1f} MiB; free some space or choose another folder")
 
 
 def build_optimizer(model: torch.nn.Module, args: TrainingArguments) -> torch.optim.Optimizer:
@@ -175,6 +211,16 @@ def save_checkpoint(accelerator: Accelerator, args: TrainingArguments, step: int
             shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
     return final
+
+
+def train_loader(dataset, args: TrainingArguments) -> torch.utils.data.DataLoader:
+    """The shuffled training DataLoader. It draws its seeds from its own generator, never from the global
+    RNG: otherwise starting an iterator mid-epoch on resume would shift the global stream (Gumbel noise,
+    caption dropout) and a resumed run would drift from an uninterrupted one."""
+    return torch.utils.data.DataLoader(
+        dataset, batch_size=args.batch_size, shuffle=True, drop_last=True, num_workers=args.num_workers,
+        generator=torch.Generator().manual_seed(args.seed),
+    )
 
 
 def endless_batches(dataloader, accelerator: Accelerator, start_step: int) -> Iterator:
@@ -285,7 +331,7 @@ def train_loop(
 
     log = MetricsLog(accelerator, args.output_dir)
     window: dict[str, torch.Tensor] = {}
-    count = 0
+    count = skipped = bad_in_a_row = 0
     bar = tqdm(total=args.max_steps, initial=state.step, disable=not accelerator.is_main_process, desc=desc, dynamic_ncols=True)
     model.train()
     for batch in endless_batches(loader, accelerator, state.step):
@@ -296,25 +342,49 @@ def train_loop(
             with accelerator.autocast():
                 loss, metrics = step_fn(batch, state.step)
             accelerator.backward(loss)
-            if accelerator.sync_gradients and args.max_grad_norm > 0:
-                accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
-            set_learning_rate(optimizer, lr)
-            optimizer.step()
+            finite = True
+            if accelerator.sync_gradients:
+                # The all-reduced gradient norm is the same on every process, so all of them agree on a skip;
+                # a NaN/inf loss anywhere makes it non-finite. One host sync per optimizer step.
+                norm = accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm if args.max_grad_norm > 0 else math.inf)
+                finite = accelerator.scaler is not None or bool(torch.isfinite(norm))  # fp16: the scaler skips
+            if finite:
+                set_learning_rate(optimizer, lr)
+                optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-        for key, value in {"loss": loss, **metrics}.items():
-            value = value.detach().float()
-            window[key] = window[key] + value if key in window else value
-        count += 1
+        if finite:
+            bad_in_a_row = 0 if accelerator.sync_gradients else bad_in_a_row
+            for key, value in {"loss": loss, **metrics}.items():
+                value = value.detach().float()
+                window[key] = window[key] + value if key in window else value
+            count += 1
+        else:
+            # The step still counts (data position and schedules stay functions of the step, so a resume
+            # is exact); only the update is dropped, with this step's micro-batches' metrics.
+            skipped += 1
+            bad_in_a_row += 1
+            window, count = {}, 0
+            logger.warning("step %d: non-finite loss or gradients, update skipped (%d in a row, %d in all)",
+                           state.step + 1, bad_in_a_row, skipped)
+            if bad_in_a_row >= args.max_nonfinite_steps:
+                bar.close()
+                raise UserError(
+                    f"training stopped at step {state.step + 1}: {bad_in_a_row} steps in a row had a non-finite loss or "
+                    f"gradients; the last good checkpoint is kept in {Path(args.output_dir) / CHECKPOINTS_DIR} "
+                    "(try a lower --learning_rate or --mixed_precision no)")
         if not accelerator.sync_gradients:
             continue
         state.step += 1
         bar.update(1)
         if state.step % args.logging_steps == 0 or state.step == args.max_steps:
-            means = {k: accelerator.reduce(v / count, reduction="mean") for k, v in window.items()}
-            figures = {k: v.item() for k, v in means.items() if v.ndim == 0}
+            figures = {}
+            if count:
+                means = {k: accelerator.reduce(v / count, reduction="mean") for k, v in window.items()}
+                figures = {k: v.item() for k, v in means.items() if v.ndim == 0}
+                if on_log is not None:
+                    figures.update(on_log(state.step, means))
             figures["lr"] = lr
-            if on_log is not None:
-                figures.update(on_log(state.step, means))
+            figures["skipped_steps"] = skipped
             log.log(state.step, figures)
             bar.set_postfix({k: f"{figures[k]:.4g}" for k in list(figures)[:3]})
             window, count = {}, 0

@@ -460,3 +460,17 @@ def test_random_crop_varies_with_seed_and_keeps_size():
     tops = [crop_origin(ImageTransform(64, random_crop=True, seed=seed)(tall)) for seed in range(12)]
     assert all(left == 0 and 0 <= top <= 36 for left, top in tops)
     assert len(set(tops)) > 3
+
+
+def test_a_decompression_bomb_is_refused_naming_the_file(tmp_path, monkeypatch):
+    folder = tmp_path / "bomb"
+    rows = small_shapes(folder, 3)
+    big = Image.new("RGB", (200, 200), "red")  # a "bomb" once the pixel limit is lowered below its size
+    big.save(folder / rows[1]["file_name"])
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 200 * 200 // 4)  # PIL refuses over twice the limit
+    with pytest.raises(UserError) as err:
+        load_captioned_dataset(DataArguments(data=str(folder)))
+    line = next(line for line in str(err.value).splitlines() if rows[1]["file_name"] in line)
+    assert "decompression bomb refused" in line
+    kept = load_captioned_dataset(DataArguments(data=str(folder), skip_bad_examples=True))
+    assert len(kept) == 2

@@ -1,0 +1,315 @@
+"""Reliability: a run killed with SIGKILL (even mid-save) resumes to the same weights, non-finite steps are
+skipped and then stop the run, 2 processes follow 1 process's loss curve, a full disk is found before training,
+and nothing untrusted is unpickled. Trainers run on tiny configs, as real subprocesses where a kill is needed."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from accelerate.state import AcceleratorState
+
+import minidalle.training as training
+from minidalle.args import UserError
+from minidalle.dvae import DiscreteVAE, DVAEConfig
+from minidalle.prior import Prior
+from minidalle.shapes import make_shapes
+from minidalle.train_prior import main as prior_main
+from minidalle.train_tokenizer import main as tokenizer_main
+
+ROOT = Path(__file__).resolve().parents[1]
+STEPS = 12
+
+
+@pytest.fixture(scope="module")
+def shapes_dir(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("shapes")
+    make_shapes(out, "train", 64, seed=0, workers=1, progress=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def image_tokenizer_dir(tmp_path_factory) -> Path:
+    torch.manual_seed(0)
+    model = DiscreteVAE(DVAEConfig(image_size=32, num_codes=32, codebook_dim=8, widths=[8, 8, 8], res_blocks=0)).eval()
+    return model.save_pretrained(tmp_path_factory.mktemp("tok") / "image_tokenizer")
+
+
+def tokenizer_args(data: Path, out: Path, *extra: str) -> list[str]:
+    return ["--data", str(data), "--output_dir", str(out), "--preset", "tiny", "--resolution", "32",
+            "--batch_size", "8", "--learning_rate", "3e-3", "--warmup_steps", "2", "--logging_steps", "1",
+            "--image_steps", "0", "--eval_examples", "8", "--mixed_precision", "no", "--max_steps", str(STEPS),
+            "--checkpointing_steps", "3", "--checkpoints_total_limit", "2", *extra]
+
+
+def prior_args(data: Path, out: Path, image_tokenizer: Path, *extra: str) -> list[str]:
+    return ["--data", str(data), "--output_dir", str(out), "--image_tokenizer", str(image_tokenizer), "--preset", "tiny",
+            "--text_len", "16", "--text_vocab_size", "300", "--batch_size", "8", "--learning_rate", "3e-3",
+            "--warmup_steps", "2", "--logging_steps", "1", "--image_steps", "0", "--eval_steps", "0",
+            "--mixed_precision", "no", "--max_steps", str(STEPS), "--checkpointing_steps", "3",
+            "--checkpoints_total_limit", "2", *extra]
+
+
+TRAINERS = {
+    "tokenizer": ("train_tokenizer.py", tokenizer_args, lambda out: DiscreteVAE.from_pretrained(out / "image_tokenizer")),
+    "prior": ("train_prior.py", prior_args, lambda out: Prior.from_pretrained(out / "pipeline" / "prior")),
+}
+
+
+def trainer_argv(name: str, shapes_dir: Path, image_tokenizer_dir: Path, out: Path, *extra: str) -> list[str]:
+    _, make_args, _ = TRAINERS[name]
+    if name == "prior":
+        return make_args(shapes_dir, out, image_tokenizer_dir, *extra)
+    return make_args(shapes_dir, out, *extra)
+
+
+def run_in_process(name: str, argv: list[str]) -> None:
+    AcceleratorState._reset_state(reset_partial_state=True)
+    (tokenizer_main if name == "tokenizer" else prior_main)(argv)
+
+
+def env() -> dict:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), "ACCELERATE_USE_CPU": "1"}
+
+
+def logged_steps(out: Path) -> list[int]:
+    path = out / "log.jsonl"
+    if not path.is_file():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except ValueError:  # a line cut by the kill
+            pass
+    return [r["step"] for r in rows if "loss" in r]
+
+
+def same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+# --- kill -9 at a random step, then resume ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["tokenizer", "prior"])
+def test_sigkill_at_a_random_step_then_resume_gives_the_uninterrupted_weights(name, shapes_dir, image_tokenizer_dir, tmp_path):
+    script, _, load = TRAINERS[name]
+    full = tmp_path / "full"
+    run_in_process(name, trainer_argv(name, shapes_dir, image_tokenizer_dir, full))
+
+    kill_after = random.Random().randint(4, STEPS - 2)  # past the first checkpoint (step 3), before the end
+    killed = tmp_path / "killed"
+    cmd = [sys.executable, str(ROOT / script), *trainer_argv(name, shapes_dir, image_tokenizer_dir, killed)]
+    proc = subprocess.Popen(cmd, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 180
+    while proc.poll() is None and time.monotonic() < deadline:
+        steps = logged_steps(killed)
+        if steps and steps[-1] >= kill_after:
+            proc.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.02)
+    proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL, f"the run ended before the kill at step {kill_after}: {proc.stderr.read()[-2000:]}"
+    checkpoints = training.checkpoint_dirs(killed)
+    assert checkpoints, "no checkpoint survived the kill"
+    saved_step = int(checkpoints[-1].name.split("-")[1])
+    assert 3 <= saved_step <= kill_after
+
+    run_in_process(name, trainer_argv(name, shapes_dir, image_tokenizer_dir, killed, "--resume_from_checkpoint", "latest"))
+    assert logged_steps(killed)[-1] == STEPS
+    assert same_weights(load(full), load(killed)), f"{name}: killed at step {kill_after}, resumed from {saved_step}"
+
+
+SAVE_THEN_DIE = """
+import os, signal, sys, runpy
+import accelerate
+original = accelerate.Accelerator.save_state
+calls = [0]
+def save_state(self, output_dir=None, **kwargs):
+    calls[0] += 1
+    result = original(self, output_dir, **kwargs)
+    if calls[0] == 2:  # the second checkpoint: files half written, not yet renamed into place
+        biggest = max((p for p in os.scandir(output_dir) if p.is_file()), key=lambda p: p.stat().st_size)
+        with open(biggest.path, "r+b") as f:
+            f.truncate(biggest.stat().st_size // 2)
+        os.kill(os.getpid(), signal.SIGKILL)
+    return result
+accelerate.Accelerator.save_state = save_state
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+def test_a_kill_during_a_save_leaves_the_previous_checkpoint_and_resume_is_exact(shapes_dir, image_tokenizer_dir, tmp_path):
+    full = tmp_path / "full"
+    run_in_process("tokenizer", tokenizer_args(shapes_dir, full))
+    out = tmp_path / "killed"
+    wrapper = tmp_path / "save_then_die.py"
+    wrapper.write_text(SAVE_THEN_DIE)
+    result = subprocess.run([sys.executable, str(wrapper), str(ROOT / "train_tokenizer.py"), *tokenizer_args(shapes_dir, out)],
+                            env=env(), capture_output=True, text=True, timeout=180)
+    assert result.returncode == -signal.SIGKILL, result.stderr[-2000:]
+    root = out / training.CHECKPOINTS_DIR
+    assert sorted(p.name for p in root.iterdir()) == [".tmp-step-0000006", "step-0000003"]  # the partial save is not a checkpoint
+    assert training.resolve_checkpoint(out, "latest").name == "step-0000003"
+
+    run_in_process("tokenizer", tokenizer_args(shapes_dir, out, "--resume_from_checkpoint", "latest"))
+    assert logged_steps(out)[0] == 1 and logged_steps(out)[-1] == STEPS
+    assert same_weights(DiscreteVAE.from_pretrained(full / "image_tokenizer"), DiscreteVAE.from_pretrained(out / "image_tokenizer"))
+    assert not (root / ".tmp-step-0000006").exists()  # the next save at step 6 replaced the leftover
+
+
+# --- non-finite losses --------------------------------------------------------------------------------
+
+
+def poison_tokenizer_loss(monkeypatch, bad_calls: set[int], value: float) -> None:
+    """Make the tokenizer's training loss `value` (NaN or inf) on the given forward calls (0-based)."""
+    original = DiscreteVAE.forward
+    calls = [0]
+
+    def forward(self, *args, **kwargs):
+        out = original(self, *args, **kwargs)
+        if self.training and calls[0] in bad_calls:
+            out.loss = out.loss * value
+        calls[0] += 1
+        return out
+
+    monkeypatch.setattr(DiscreteVAE, "forward", forward)
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_a_non_finite_step_is_skipped_counted_and_training_goes_on(value, shapes_dir, tmp_path, monkeypatch, caplog):
+    poison_tokenizer_loss(monkeypatch, {4}, value)
+    out = tmp_path / "run"
+    run_in_process("tokenizer", tokenizer_args(shapes_dir, out))
+    rows = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    by_step = {r["step"]: r for r in rows if "lr" in r}
+    assert sorted(by_step) == list(range(1, STEPS + 1))  # the skipped step still counts: schedules and data stay in step
+    assert by_step[4]["skipped_steps"] == 0 and by_step[5]["skipped_steps"] == 1 and by_step[STEPS]["skipped_steps"] == 1
+    assert "loss" not in by_step[5]  # the bad step's metrics are dropped, not averaged in
+    assert "non-finite" in caplog.text
+    weights = DiscreteVAE.from_pretrained(out / "image_tokenizer").state_dict()
+    assert all(torch.isfinite(w).all() for w in weights.values())
+
+
+def test_non_finite_steps_in_a_row_stop_the_run_and_keep_the_last_good_checkpoint(shapes_dir, tmp_path, monkeypatch):
+    poison_tokenizer_loss(monkeypatch, set(range(4, 100)), float("nan"))
+    out = tmp_path / "run"
+    with pytest.raises(UserError, match="non-finite") as error:
+        run_in_process("tokenizer", tokenizer_args(shapes_dir, out, "--max_nonfinite_steps", "2"))
+    assert "step 6" in str(error.value) and str(out / training.CHECKPOINTS_DIR) in str(error.value)
+    assert [p.name for p in training.checkpoint_dirs(out)] == ["step-0000003"]
+    assert not (out / "image_tokenizer").exists()  # no final model from a diverged run
+    monkeypatch.undo()
+    run_in_process("tokenizer", tokenizer_args(shapes_dir, out, "--resume_from_checkpoint", "latest"))  # loads and finishes
+    assert logged_steps(out)[-1] == STEPS
+
+
+# --- two processes = one process with the same global batch ---------------------------------------------
+
+
+def test_two_processes_follow_the_loss_curve_of_one_with_the_same_global_batch(shapes_dir, tmp_path, run_two_cpu_processes):
+    # VQ has no sampling noise, so the runs differ only in summation order (the all-reduce).
+    common = ["--quantizer", "vq", "--checkpointing_steps", "0"]
+    one = tmp_path / "one"
+    run_in_process("tokenizer", tokenizer_args(shapes_dir, one, *common, "--batch_size", "8"))
+    two = tmp_path / "two"
+    summary = run_two_cpu_processes("train_tokenizer.py", tokenizer_args(shapes_dir, two, *common, "--batch_size", "4"), two)
+    assert summary["num_processes"] == 2 and summary["ranks_in_sync"] is True
+
+    def curve(out: Path) -> dict[int, float]:
+        rows = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+        return {r["step"]: r["loss"] for r in rows if "loss" in r}
+
+    a, b = curve(one), curve(two)
+    assert sorted(a) == sorted(b) == list(range(1, STEPS + 1))
+    assert a[STEPS] < 0.9 * a[1]  # it learned, so agreement is not trivial
+    for step in a:
+        assert b[step] == pytest.approx(a[step], rel=1e-3), f"step {step}: 1 process {a[step]}, 2 processes {b[step]}"
+
+
+# --- the disk ------------------------------------------------------------------------------------------
+
+
+def test_a_full_disk_is_found_before_the_first_step(shapes_dir, tmp_path, monkeypatch):
+    real = training.shutil.disk_usage
+    monkeypatch.setattr(training.shutil, "disk_usage", lambda path: real(path)._replace(free=4096))
+    out = tmp_path / "run"
+    with pytest.raises(UserError, match="MiB free"):
+        run_in_process("tokenizer", tokenizer_args(shapes_dir, out))
+    assert not (out / "log.jsonl").exists()
+
+
+def test_an_output_folder_that_cannot_be_created_is_a_user_error(shapes_dir, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    with pytest.raises(UserError, match="not writable"):
+        run_in_process("tokenizer", tokenizer_args(shapes_dir, blocker / "run"))
+
+
+# --- safe loading --------------------------------------------------------------------------------------
+
+
+class Exploit:
+    """A pickle that, if ever unpickled, leaves a file behind."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.write_text, (self.marker, "pwned"))
+
+
+@pytest.mark.parametrize("file_name", ["model.safetensors", "pytorch_model.bin"])
+def test_a_pickle_in_a_model_folder_is_never_unpickled(image_tokenizer_dir, tmp_path, file_name):
+    marker = tmp_path / "executed"
+    folder = tmp_path / "evil"
+    folder.mkdir()
+    (folder / "config.json").write_text((image_tokenizer_dir / "config.json").read_text())
+    (folder / file_name).write_bytes(pickle.dumps(Exploit(marker)))
+    with pytest.raises(UserError, match="evil"):
+        DiscreteVAE.from_pretrained(folder)
+    assert not marker.exists()
+
+
+def test_the_package_never_calls_torch_load_unsafely():
+    for path in (ROOT / "minidalle").rglob("*.py"):
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            if "torch.load(" in line:
+                assert "weights_only=True" in line, f"{path.name}:{number}: torch.load without weights_only=True"
+
+
+def test_checkpoints_hold_no_pickled_custom_objects(shapes_dir, tmp_path):
+    out = tmp_path / "run"
+    run_in_process("tokenizer", tokenizer_args(shapes_dir, out, "--max_steps", "6"))
+    checkpoint = out / training.CHECKPOINTS_DIR / "step-0000003"
+    assert not list(checkpoint.glob("custom_checkpoint_*.pkl"))  # the step lives in trainer_state.json
+    assert json.loads((checkpoint / "trainer_state.json").read_text())["step"] == 3
+
+
+# --- precision ---------------------------------------------------------------------------------------
+
+
+def test_auto_precision_picks_bf16_only_where_it_is_native(monkeypatch, caplog):
+    monkeypatch.setattr(training, "native_bf16", lambda cpu: False)
+    assert training.resolve_mixed_precision("auto", cpu=True) == "no"
+    assert training.resolve_mixed_precision("bf16", cpu=True) == "bf16"  # asked for: kept, with a warning
+    assert "emulated" in caplog.text
+    monkeypatch.setattr(training, "native_bf16", lambda cpu: True)
+    assert training.resolve_mixed_precision("auto", cpu=True) == "bf16"
+    assert training.resolve_mixed_precision("no", cpu=True) == "no"
+    with pytest.raises(UserError, match="fp16 needs a GPU"):
+        training.resolve_mixed_precision("fp16", cpu=True)
+    with pytest.raises(UserError, match="auto, no, bf16 or fp16"):
+        training.resolve_mixed_precision("fp8", cpu=True)
