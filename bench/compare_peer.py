@@ -10,8 +10,9 @@ down-samplings, width 64, 1 res-block; prior width 256, 4 layers, 8 heads of
 use 2 threads. Rounds alternate peer / ours; each figure is the best round of
 each side. Prints one JSON line per figure:
 {"metric", "ours", "peer", "unit", "ratio"}; ratio > 1 means minidalle is better.
-Ours runs as a user would run it: bf16 autocast for training, bf16 weights for
-sampling; the peer as shipped (fp32).
+Ours runs as a user would run it: `--mixed_precision auto` (bf16 autocast for training
+and bf16 weights for sampling where the CPU runs bf16 natively, fp32 elsewhere); the
+peer as shipped (fp32).
 """
 
 from __future__ import annotations
@@ -34,10 +35,12 @@ import torch  # noqa: E402
 from minidalle.dvae import DiscreteVAE, DVAEConfig  # noqa: E402
 from minidalle.prior import Prior, PriorConfig  # noqa: E402
 from minidalle.sampling import sample_codes  # noqa: E402
+from minidalle.training import native_bf16  # noqa: E402
 
 PEER_SCRIPT = ROOT.parent / "shared" / "peer" / "peer_dalle_pytorch.py"
 TOKENIZER = DVAEConfig(image_size=64, num_codes=512, codebook_dim=256, widths=[64, 64, 64], res_blocks=1, res_levels=1, stem=False)
 PRIOR = PriorConfig(text_vocab_size=1000, text_len=32, num_image_codes=512, image_grid=8, dim=256, layers=4, heads=8)
+BF16 = native_bf16(True)  # what --mixed_precision auto picks on this CPU
 TOP_K = 154  # the peer's filter_thres=0.9 keeps int(0.1 * 1544) logits, all of them image logits
 
 
@@ -67,7 +70,7 @@ def ours(reps: int) -> dict[str, float]:
     x64 = torch.rand(64, 3, 64, 64)
 
     def vae_step():
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=BF16):
             loss = vae(x32, temperature=0.9, kl_weight=0.0).loss
         loss.backward()
         opt.step()
@@ -76,7 +79,7 @@ def ours(reps: int) -> dict[str, float]:
     results["tokenizer_train_steps_per_s"] = rate(1, timed(vae_step, 3, reps))
     vae.eval()
     codes = vae.encode(x64)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=BF16):
         results["encode_imgs_per_s_b64"] = rate(64, timed(lambda: vae.encode(x64), 3, reps))
         results["decode_imgs_per_s_b64"] = rate(64, timed(lambda: vae.decode(codes), 3, reps))
 
@@ -87,7 +90,7 @@ def ours(reps: int) -> dict[str, float]:
     img = torch.randint(0, 512, (16, 64))
 
     def prior_step():
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=BF16):
             loss = prior(text, img).loss
         loss.backward()
         popt.step()
@@ -97,7 +100,7 @@ def ours(reps: int) -> dict[str, float]:
 
     # ---- sampling 8 images (64 codes each) + decode, as the pipeline does
     prior.eval()
-    sampler = Prior(PRIOR).eval().to(torch.bfloat16)
+    sampler = Prior(PRIOR).eval().to(torch.bfloat16 if BF16 else torch.float32)
     vae_bf16 = vae
     text8 = sampler.text_tokens(torch.randint(1, 1000, (8, 32)), pad_id=0)
 
@@ -105,7 +108,7 @@ def ours(reps: int) -> dict[str, float]:
         def run():
             g = torch.Generator().manual_seed(0)
             c = sample_codes(sampler, text8, top_k=TOP_K, generator=g, guidance_scale=scale)
-            with torch.autocast("cpu", dtype=torch.bfloat16):
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=BF16):
                 vae_bf16.decode(c)
         return run
 
@@ -147,7 +150,7 @@ def main() -> None:
         ("encode_imgs_per_s_b64", "encode_imgs_per_s_b64", "vae_encode_imgs_per_s_b64", "img/s"),
         ("decode_imgs_per_s_b64", "decode_imgs_per_s_b64", "vae_decode_imgs_per_s_b64", "img/s"),
     ]
-    machine = f"{os.cpu_count()} CPU cores, torch {torch.__version__}, 2 threads"
+    machine = f"{os.cpu_count()} CPU cores, torch {torch.__version__}, 2 threads, {'bf16' if BF16 else 'fp32 (no native bf16)'}"
     for metric, our_key, peer_key, unit in rows:
         peer_value = best_peer.get(peer_key)
         if peer_key == "vae_train_imgs_per_s_b32" and peer_value:

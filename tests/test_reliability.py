@@ -219,13 +219,18 @@ def test_non_finite_steps_in_a_row_stop_the_run_and_keep_the_last_good_checkpoin
 # --- two processes = one process with the same global batch ---------------------------------------------
 
 
-def test_two_processes_follow_the_loss_curve_of_one_with_the_same_global_batch(shapes_dir, tmp_path, run_two_cpu_processes):
-    # VQ has no sampling noise, so the runs differ only in summation order (the all-reduce).
-    common = ["--quantizer", "vq", "--checkpointing_steps", "0"]
+@pytest.mark.parametrize("name", ["tokenizer", "prior"])
+def test_two_processes_follow_the_loss_curve_of_one_with_the_same_global_batch(name, shapes_dir, image_tokenizer_dir, tmp_path,
+                                                                               run_two_cpu_processes):
+    # No sampling noise (VQ tokenizer, no caption dropout), so the runs differ only in summation order (the all-reduce).
+    common = ["--checkpointing_steps", "0", *(["--quantizer", "vq"] if name == "tokenizer" else ["--caption_dropout", "0"])]
     one = tmp_path / "one"
-    run_in_process("tokenizer", tokenizer_args(shapes_dir, one, *common, "--batch_size", "8"))
+    run_in_process(name, trainer_argv(name, shapes_dir, image_tokenizer_dir, one, *common, "--batch_size", "8"))
     two = tmp_path / "two"
-    summary = run_two_cpu_processes("train_tokenizer.py", tokenizer_args(shapes_dir, two, *common, "--batch_size", "4"), two)
+    argv = trainer_argv(name, shapes_dir, image_tokenizer_dir, two, *common, "--batch_size", "4")
+    if name == "prior":  # the same BPE and codes for both runs
+        argv += ["--text_tokenizer", str(one / "text_tokenizer")]
+    summary = run_two_cpu_processes(TRAINERS[name][0], argv, two)
     assert summary["num_processes"] == 2 and summary["ranks_in_sync"] is True
 
     def curve(out: Path) -> dict[int, float]:
