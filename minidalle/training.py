@@ -14,6 +14,7 @@ import math
 import os
 import re
 import shutil
+import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -69,15 +70,31 @@ class TrainState:
         self.step = step
 
 
+def _cpu_flags() -> set[str] | None:
+    """The CPU feature flags from /proc/cpuinfo (Linux), or None where it cannot be read."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("flags", "Features")):
+                return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return None
+
+
 def native_bf16(cpu: bool) -> bool:
     """Whether bf16 runs natively here. On a CPU without AVX512-BF16/AMX, PyTorch emulates bf16 matmuls
     and convolutions: measured ~100x slower than fp32 on an AVX2-only 2-core EPYC."""
     if not cpu:
-        return torch.cuda.is_bf16_supported()
+        return torch.cuda.is_bf16_supported(including_emulation=False)
     try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        if not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+            return False
     except (AttributeError, RuntimeError):  # an unusual build: assume not
         return False
+    flags = _cpu_flags()
+    if flags is None or "avx512f" not in flags:  # not x86 (or unreadable): trust oneDNN
+        return True
+    return bool(flags & {"avx512_bf16", "amx_bf16"})  # oneDNN also says yes for AVX512 without bf16 instructions
 
 
 def resolve_mixed_precision(requested: str, cpu: bool) -> str:
@@ -96,7 +113,7 @@ def resolve_mixed_precision(requested: str, cpu: bool) -> str:
 
 def make_accelerator(args: TrainingArguments) -> Accelerator:
     """An Accelerator for this machine: GPU(s) when present, else CPU (one or more processes)."""
-    cpu = not torch.cuda.is_available()
+    cpu = not torch.cuda.is_available() or os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes")
     args.mixed_precision = resolve_mixed_precision(args.mixed_precision, cpu)
     accelerator = Accelerator(
         cpu=cpu,
@@ -124,7 +141,15 @@ def restore_state(accelerator: Accelerator, args: TrainingArguments) -> TrainSta
         step = int(json.loads((resume / "trainer_state.json").read_text())["step"])
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise UserError(f"--resume_from_checkpoint {resume}: unreadable trainer_state.json ({exc})") from None
-    accelerator.load_state(str(resume))
+    if list(resume.glob("custom_checkpoint_*.pkl")):
+        # written before the step moved to trainer_state.json: load everything but that pickle
+        with tempfile.TemporaryDirectory(dir=resume.parent) as view:
+            for item in resume.iterdir():
+                if not item.name.startswith("custom_checkpoint_"):
+                    (Path(view) / item.name).symlink_to(item.resolve())
+            accelerator.load_state(view)
+    else:
+        accelerator.load_state(str(resume))
     logger.info("resumed from %s at step %d", resume, step)
     return TrainState(step)
 
@@ -143,10 +168,12 @@ def check_output_dir(path: str | Path) -> Path:
 
 
 def check_free_space(args: TrainingArguments, model: torch.nn.Module) -> None:
-    """Refuse to start when the output folder's disk cannot hold the checkpoints this run will keep
+    """Refuse to start when the output folder's disk cannot hold the checkpoints this run will still write
     (weights + two AdamW moments each, plus the final model), rather than failing at the first save."""
     per_checkpoint = 3 * sum(p.numel() * p.element_size() for p in model.parameters())
-    needed = per_checkpoint * (max(args.checkpoints_total_limit, 1) + 1) + (1 << 20)
+    keep = max(args.checkpoints_total_limit, 1)
+    new_checkpoints = max(keep - len(checkpoint_dirs(args.output_dir)), 1)  # old ones are replaced, not added to
+    needed = per_checkpoint * (new_checkpoints + 1) + (1 << 20)
     free = shutil.disk_usage(args.output_dir).free
     if free < needed:
         raise UserError(f"--output_dir {args.output_dir}: only {free / 2**20:.1f} MiB free, but this run's checkpoints "
@@ -330,8 +357,9 @@ def train_loop(
     from .schedules import learning_rate
 
     log = MetricsLog(accelerator, args.output_dir)
-    window: dict[str, torch.Tensor] = {}
-    count = skipped = bad_in_a_row = 0
+    window: dict[str, torch.Tensor] = {}  # sums over the good steps of the logging window
+    pending: dict[str, torch.Tensor] = {}  # this step's micro-batches, added to the window once the step is good
+    count = pending_count = skipped = bad_in_a_row = 0
     bar = tqdm(total=args.max_steps, initial=state.step, disable=not accelerator.is_main_process, desc=desc, dynamic_ncols=True)
     model.train()
     for batch in endless_batches(loader, accelerator, state.step):
@@ -347,33 +375,42 @@ def train_loop(
                 # The all-reduced gradient norm is the same on every process, so all of them agree on a skip;
                 # a NaN/inf loss anywhere makes it non-finite. One host sync per optimizer step.
                 norm = accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm if args.max_grad_norm > 0 else math.inf)
-                finite = accelerator.scaler is not None or bool(torch.isfinite(norm))  # fp16: the scaler skips
-            if finite:
-                set_learning_rate(optimizer, lr)
-                optimizer.step()
+                finite = bool(torch.isfinite(norm))
+            set_learning_rate(optimizer, lr)
+            if finite or accelerator.scaler is not None:
+                optimizer.step()  # fp16: the grad scaler skips an overflowing step itself and lowers its scale
             optimizer.zero_grad(set_to_none=True)
+        for key, value in {"loss": loss, **metrics}.items():
+            value = value.detach().float()
+            pending[key] = pending[key] + value if key in pending else value
+        pending_count += 1
+        if not accelerator.sync_gradients:
+            continue
         if finite:
-            bad_in_a_row = 0 if accelerator.sync_gradients else bad_in_a_row
-            for key, value in {"loss": loss, **metrics}.items():
-                value = value.detach().float()
+            bad_in_a_row = 0
+            for key, value in pending.items():
                 window[key] = window[key] + value if key in window else value
-            count += 1
+            count += pending_count
         else:
             # The step still counts (data position and schedules stay functions of the step, so a resume
-            # is exact); only the update is dropped, with this step's micro-batches' metrics.
+            # is exact); only the update is dropped, with this step's metrics. Under fp16 an overflow with a
+            # finite loss is the scaler settling its scale: counted, but it does not stop the run.
             skipped += 1
-            bad_in_a_row += 1
-            window, count = {}, 0
+            if accelerator.scaler is None:
+                bad_in_a_row += 1
+            else:  # a collective check, so that every process counts alike
+                loss_bad = accelerator.reduce((~torch.isfinite(pending["loss"])).float(), reduction="sum")
+                bad_in_a_row = bad_in_a_row + 1 if bool(loss_bad > 0) else 0
             logger.warning("step %d: non-finite loss or gradients, update skipped (%d in a row, %d in all)",
                            state.step + 1, bad_in_a_row, skipped)
             if bad_in_a_row >= args.max_nonfinite_steps:
                 bar.close()
-                raise UserError(
-                    f"training stopped at step {state.step + 1}: {bad_in_a_row} steps in a row had a non-finite loss or "
-                    f"gradients; the last good checkpoint is kept in {Path(args.output_dir) / CHECKPOINTS_DIR} "
-                    "(try a lower --learning_rate or --mixed_precision no)")
-        if not accelerator.sync_gradients:
-            continue
+                kept = checkpoint_dirs(args.output_dir)
+                where = f"the last good checkpoint is kept: {kept[-1]}" if kept else "no checkpoint had been written yet"
+                end_run(accelerator)
+                raise UserError(f"training stopped at step {state.step + 1}: {bad_in_a_row} steps in a row had a non-finite "
+                                f"loss or gradients; {where} (try a lower --learning_rate or --mixed_precision no)")
+        pending, pending_count = {}, 0
         state.step += 1
         bar.update(1)
         if state.step % args.logging_steps == 0 or state.step == args.max_steps:

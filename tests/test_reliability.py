@@ -5,9 +5,11 @@ and nothing untrusted is unpickled. Trainers run on tiny configs, as real subpro
 from __future__ import annotations
 
 import json
+import math
 import os
 import pickle
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -108,27 +110,30 @@ def test_sigkill_at_a_random_step_then_resume_gives_the_uninterrupted_weights(na
     full = tmp_path / "full"
     run_in_process(name, trainer_argv(name, shapes_dir, image_tokenizer_dir, full))
 
-    kill_after = random.Random().randint(4, STEPS - 2)  # past the first checkpoint (step 3), before the end
+    seed = random.randrange(10**6)
+    kill_after = random.Random(seed).randint(4, STEPS - 2)  # past the first checkpoint (step 3), before the end
+    where = f"{name}, kill after step {kill_after} (seed {seed})"
     killed = tmp_path / "killed"
     cmd = [sys.executable, str(ROOT / script), *trainer_argv(name, shapes_dir, image_tokenizer_dir, killed)]
-    proc = subprocess.Popen(cmd, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 180
-    while proc.poll() is None and time.monotonic() < deadline:
-        steps = logged_steps(killed)
-        if steps and steps[-1] >= kill_after:
-            proc.send_signal(signal.SIGKILL)
-            break
-        time.sleep(0.02)
-    proc.wait(timeout=60)
-    assert proc.returncode == -signal.SIGKILL, f"the run ended before the kill at step {kill_after}: {proc.stderr.read()[-2000:]}"
+    with open(tmp_path / "stderr.txt", "w") as stderr:
+        proc = subprocess.Popen(cmd, env=env(), stdout=subprocess.DEVNULL, stderr=stderr)
+        deadline = time.monotonic() + 180
+        while proc.poll() is None and time.monotonic() < deadline:
+            steps = logged_steps(killed)
+            if steps and steps[-1] >= kill_after:
+                proc.send_signal(signal.SIGKILL)
+                break
+            time.sleep(0.02)
+        proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL, f"{where}: the run ended first: {(tmp_path / 'stderr.txt').read_text()[-2000:]}"
     checkpoints = training.checkpoint_dirs(killed)
-    assert checkpoints, "no checkpoint survived the kill"
+    assert checkpoints, f"{where}: no checkpoint survived the kill"
     saved_step = int(checkpoints[-1].name.split("-")[1])
-    assert 3 <= saved_step <= kill_after
+    assert 3 <= saved_step <= logged_steps(killed)[-1] < STEPS, where
 
     run_in_process(name, trainer_argv(name, shapes_dir, image_tokenizer_dir, killed, "--resume_from_checkpoint", "latest"))
     assert logged_steps(killed)[-1] == STEPS
-    assert same_weights(load(full), load(killed)), f"{name}: killed at step {kill_after}, resumed from {saved_step}"
+    assert same_weights(load(full), load(killed)), f"{where}: resumed from step {saved_step}"
 
 
 SAVE_THEN_DIE = """
@@ -201,6 +206,15 @@ def test_a_non_finite_step_is_skipped_counted_and_training_goes_on(value, shapes
     assert "non-finite" in caplog.text
     weights = DiscreteVAE.from_pretrained(out / "image_tokenizer").state_dict()
     assert all(torch.isfinite(w).all() for w in weights.values())
+
+
+def test_a_skipped_step_keeps_the_good_steps_of_its_logging_window(shapes_dir, tmp_path, monkeypatch):
+    poison_tokenizer_loss(monkeypatch, {4}, float("nan"))  # step 5, in the window of steps 4-6
+    out = tmp_path / "run"
+    run_in_process("tokenizer", tokenizer_args(shapes_dir, out, "--logging_steps", "3"))
+    rows = {r["step"]: r for r in (json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()) if "lr" in r}
+    assert sorted(rows) == [3, 6, 9, 12]
+    assert math.isfinite(rows[6]["loss"]) and "psnr" in rows[6] and rows[6]["skipped_steps"] == 1
 
 
 def test_non_finite_steps_in_a_row_stop_the_run_and_keep_the_last_good_checkpoint(shapes_dir, tmp_path, monkeypatch):
@@ -318,3 +332,32 @@ def test_auto_precision_picks_bf16_only_where_it_is_native(monkeypatch, caplog):
         training.resolve_mixed_precision("fp16", cpu=True)
     with pytest.raises(UserError, match="auto, no, bf16 or fp16"):
         training.resolve_mixed_precision("fp8", cpu=True)
+
+
+def test_a_checkpoint_from_before_trainer_state_held_the_step_resumes_without_unpickling(shapes_dir, tmp_path):
+    out = tmp_path / "run"
+    run_in_process("tokenizer", tokenizer_args(shapes_dir, out, "--max_steps", "6"))
+    old = out / training.CHECKPOINTS_DIR / "step-0000003"
+    marker = tmp_path / "executed"
+    (old / "custom_checkpoint_0.pkl").write_bytes(pickle.dumps(Exploit(marker)))  # where the step used to be pickled
+    for later in training.checkpoint_dirs(out)[1:]:
+        shutil.rmtree(later)
+    (out / "log.jsonl").unlink()
+    run_in_process("tokenizer", tokenizer_args(shapes_dir, out, "--max_steps", "6", "--resume_from_checkpoint", "latest"))
+    assert logged_steps(out) == [4, 5, 6]
+    assert not marker.exists()
+
+
+def test_native_bf16_on_x86_needs_the_bf16_instructions_not_just_avx512(monkeypatch):
+    class FakeMkldnn:
+        @staticmethod
+        def _is_mkldnn_bf16_supported():
+            return True
+
+    monkeypatch.setattr(torch.ops, "mkldnn", FakeMkldnn())
+    monkeypatch.setattr(training, "_cpu_flags", lambda: {"avx2", "avx512f"})
+    assert training.native_bf16(cpu=True) is False  # AVX512 without AVX512-BF16: oneDNN would emulate
+    monkeypatch.setattr(training, "_cpu_flags", lambda: {"avx512f", "avx512_bf16"})
+    assert training.native_bf16(cpu=True) is True
+    monkeypatch.setattr(training, "_cpu_flags", lambda: {"fp", "asimd", "bf16"})  # an ARM CPU: oneDNN decides
+    assert training.native_bf16(cpu=True) is True
