@@ -78,12 +78,17 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--seed", type=int, default=defaults.seed)
     parser.add_argument("--out", default="runs/eval-model")
+    parser.add_argument("--only", choices=["train_grammar", "zeroshot"], help="judge one prompt set only")
+    parser.add_argument("--zeroshot-seed", type=int, default=1002, help="another seed draws other zero-shot prompts (a sweep's validation set)")
+    parser.add_argument("--no-guidance-off", action="store_true", help="skip the guidance 1 comparison")
     args = parser.parse_args()
 
     pipe = MiniDallePipeline.from_pretrained(args.model)
     out = Path(args.out)
-    sets = {"train_grammar": prompts_for("train", args.num_prompts, 1001), "zeroshot": prompts_for("zeroshot", args.num_prompts, 1002)}
-    for guidance in sorted({1.0, args.guidance_scale}):
+    sets = {"train_grammar": prompts_for("train", args.num_prompts, 1001), "zeroshot": prompts_for("zeroshot", args.num_prompts, args.zeroshot_seed)}
+    if args.only:
+        sets = {args.only: sets[args.only]}
+    for guidance in sorted({args.guidance_scale} if args.no_guidance_off else {1.0, args.guidance_scale}):
         for name, prompts in sets.items():
             start = time.perf_counter()
             report = sample_and_judge(pipe, prompts, out / f"{name}-g{guidance:g}", guidance, args.seed, args.batch_size,
