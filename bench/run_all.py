@@ -8,7 +8,7 @@ tokens; tokenizer 64x64, 512 codes, 3 down-samplings, width 64, 1 res-block):
 - matmul peaks: fp32 and bf16 FLOP/s of a large square matmul, measured now (the MFU denominators);
 - prior training: tokens/s at batch 16 and 64 (forward + backward + AdamW, as train_prior.py steps),
   in fp32 and with `--mixed_precision auto`'s choice, with MFU against both peaks
-  (FLOPs per token = 6 N + 12 layers dim T, nanoGPT's estimate: N = non-embedding weights, T = context);
+  (FLOPs per position = 6 x (block weights + its head) + 6 layers dim T for causal attention);
 - tokenizer training images/s at batch 32; encode and decode images/s at batch 64;
 - sampling image tokens/s at batch 1, 8 and 64, guidance off (1) and on (3), decode included;
 - peak memory (resident set on CPU, allocated on CUDA).
@@ -75,10 +75,12 @@ def matmul_peak(dtype: torch.dtype, device: torch.device, n: int) -> float:
 
 
 def prior_flops_per_token(prior: Prior) -> float:
+    """Training FLOPs per position: 6 x (block weights + the one head the position goes through, averaged)
+    + causal attention 6 x layers x dim x T (half of nanoGPT's 12, which counts the masked half too)."""
     cfg = prior.config
-    embeddings = sum(p.numel() for name, p in prior.named_parameters() if "emb" in name)
-    n = sum(p.numel() for p in prior.parameters()) - embeddings
-    return 6 * n + 12 * cfg.layers * cfg.dim * cfg.seq_len
+    blocks = sum(p.numel() for p in prior.blocks.parameters() if p.ndim >= 2)
+    head = (cfg.text_len * prior.text_head.weight.numel() + cfg.num_image_tokens * prior.image_head.weight.numel()) / cfg.seq_len
+    return 6 * (blocks + head) + 6 * cfg.layers * cfg.dim * cfg.seq_len
 
 
 def autocast(device: torch.device, bf16: bool):
