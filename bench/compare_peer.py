@@ -29,17 +29,17 @@ from pathlib import Path
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
 
 import torch  # noqa: E402
 
-from minidalle.dvae import DiscreteVAE, DVAEConfig  # noqa: E402
-from minidalle.prior import Prior, PriorConfig  # noqa: E402
+from minidalle.dvae import DiscreteVAE  # noqa: E402
+from minidalle.prior import Prior  # noqa: E402
 from minidalle.sampling import sample_codes  # noqa: E402
 from minidalle.training import native_bf16  # noqa: E402
+from run_all import PRIOR, TOKENIZER  # noqa: E402  (the peer benchmark's config, one definition)
 
 PEER_SCRIPT = ROOT.parent / "shared" / "peer" / "peer_dalle_pytorch.py"
-TOKENIZER = DVAEConfig(image_size=64, num_codes=512, codebook_dim=256, widths=[64, 64, 64], res_blocks=1, res_levels=1, stem=False)
-PRIOR = PriorConfig(text_vocab_size=1000, text_len=32, num_image_codes=512, image_grid=8, dim=256, layers=4, heads=8)
 BF16 = native_bf16(True)  # what --mixed_precision auto picks on this CPU
 TOP_K = 154  # the peer's filter_thres=0.9 keeps int(0.1 * 1544) logits, all of them image logits
 

@@ -37,6 +37,7 @@ from minidalle.prior import Prior, PriorConfig  # noqa: E402
 from minidalle.sampling import sample_codes  # noqa: E402
 from minidalle.training import native_bf16  # noqa: E402
 
+# the peer benchmark's config (../shared/peer), also used by compare_peer.py and profile_sampling.py
 TOKENIZER = DVAEConfig(image_size=64, num_codes=512, codebook_dim=256, widths=[64, 64, 64], res_blocks=1, res_levels=1, stem=False)
 PRIOR = PriorConfig(text_vocab_size=1000, text_len=32, num_image_codes=512, image_grid=8, dim=256, layers=4, heads=8)
 

@@ -192,7 +192,7 @@ def reconstruct_main(argv: list[str] | None = None) -> None:
     has_objects = "objects" in ds.column_names
     if has_objects:
         from .shapes import ShapeObject, full_caption
-    loader = torch.utils.data.DataLoader(CaptionedImages(ds, data_args), batch_size=args.batch_size, generator=torch.Generator())
+    loader = torch.utils.data.DataLoader(CaptionedImages(ds, data_args), batch_size=args.batch_size)
     rows, errors, histogram = [], [], torch.zeros(tokenizer.num_codes, dtype=torch.long)
     for batch in tqdm(loader, desc="reconstructing", leave=False):
         images = batch["pixel_values"]

@@ -33,12 +33,12 @@ from .training import (
     build_optimizer,
     check_free_space,
     check_output_dir,
-    train_loader,
     end_run,
     make_accelerator,
     restore_state,
     save_checkpoint,
     save_image_grid,
+    train_loader,
     train_loop,
     write_run_summary,
 )

@@ -332,6 +332,12 @@ def write_run_summary(accelerator: Accelerator, args: TrainingArguments, model: 
     return summary
 
 
+def _add_into(sums: dict[str, torch.Tensor], values: dict[str, torch.Tensor]) -> None:
+    """sums[k] += values[k], on the device (no host sync)."""
+    for key, value in values.items():
+        sums[key] = sums[key] + value if key in sums else value
+
+
 def train_loop(
     accelerator: Accelerator,
     args: TrainingArguments,
@@ -380,16 +386,13 @@ def train_loop(
             if finite or accelerator.scaler is not None:
                 optimizer.step()  # fp16: the grad scaler skips an overflowing step itself and lowers its scale
             optimizer.zero_grad(set_to_none=True)
-        for key, value in {"loss": loss, **metrics}.items():
-            value = value.detach().float()
-            pending[key] = pending[key] + value if key in pending else value
+        _add_into(pending, {k: v.detach().float() for k, v in {"loss": loss, **metrics}.items()})
         pending_count += 1
         if not accelerator.sync_gradients:
             continue
         if finite:
             bad_in_a_row = 0
-            for key, value in pending.items():
-                window[key] = window[key] + value if key in window else value
+            _add_into(window, pending)
             count += pending_count
         else:
             # The step still counts (data position and schedules stay functions of the step, so a resume
