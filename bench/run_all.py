@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """The benchmark suite: one JSON line per figure, on this machine, in one run.
 
-    python bench/run_all.py [--threads 2] [--reps 10] [--plot docs/sampling-throughput.png] [--device cpu|cuda]
+    python bench/run_all.py [--threads 2] [--reps 10] [--plot docs/sampling-throughput.png] [--device cpu|cuda] [--no-compile]
 
 Figures (the peer benchmark's config: prior width 256, 4 layers, 8 heads, 32 text + 64 image
 tokens; tokenizer 64x64, 512 codes, 3 down-samplings, width 64, 1 res-block):
@@ -10,7 +10,9 @@ tokens; tokenizer 64x64, 512 codes, 3 down-samplings, width 64, 1 res-block):
   in fp32 and with `--mixed_precision auto`'s choice, with MFU against both peaks
   (FLOPs per position = 6 x (block weights + its head) + 6 layers dim T for causal attention);
 - tokenizer training images/s at batch 32; encode and decode images/s at batch 64;
-- sampling image tokens/s at batch 1, 8 and 64, guidance off (1) and on (3), decode included;
+- sampling image tokens/s at batch 1, 8 and 64, guidance off (1) and on (3), decode included,
+  eager and with `compile=True` (`sample.py --compile`; compilation, done once per batch shape, is
+  not timed: the first call is the warm-up);
 - peak memory (resident set on CPU, allocated on CUDA).
 `--plot` draws sampling throughput against batch size (PIL only).
 For the side-by-side with dalle-pytorch, see bench/compare_peer.py.
@@ -112,6 +114,7 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=10)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--plot", default="", help="write a PNG of sampling throughput against batch size")
+    parser.add_argument("--no-compile", action="store_true", help="skip the compiled sampling figures (compilation takes minutes)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -163,19 +166,21 @@ def main() -> None:
     sampler = Prior(PRIOR).to(device).eval()
     if bf16:
         sampler = sampler.to(torch.bfloat16)
-    curve: dict[float, list[tuple[int, float]]] = {}
-    for batch in (1, 8, 64):
-        text = sampler.text_tokens(torch.randint(1, 1000, (batch, 32), device=device), pad_id=0)
-        for scale in (1.0, 3.0):
-            def run():
-                generator = torch.Generator(device).manual_seed(0)
-                c = sample_codes(sampler, text, top_k=154, generator=generator, guidance_scale=scale)
-                with torch.no_grad(), autocast(device, bf16):
-                    vae.decode(c)
+    curve: dict[str, list[tuple[int, float]]] = {}
+    for compiled in (False,) if args.no_compile else (False, True):
+        for batch in (1, 8, 64):
+            text = sampler.text_tokens(torch.randint(1, 1000, (batch, 32), device=device), pad_id=0)
+            for scale in (1.0, 3.0):
+                def run():
+                    generator = torch.Generator(device).manual_seed(0)
+                    c = sample_codes(sampler, text, top_k=154, generator=generator, guidance_scale=scale, compile=compiled)
+                    with torch.no_grad(), autocast(device, bf16):
+                        vae.decode(c)
 
-            rate = batch * 64 / timed(run, device, 1, max(3, args.reps // 2))
-            curve.setdefault(scale, []).append((batch, rate))
-            emit("sample_image_tokens_per_s", rate, "img tok/s", batch_size=batch, guidance_scale=scale)
+                rate = batch * 64 / timed(run, device, 1, max(3, args.reps // 2))
+                label = f"guidance {scale:g}" + (" (2 passes)" if scale != 1 else "") + (", compiled" if compiled else "")
+                curve.setdefault(label, []).append((batch, rate))
+                emit("sample_image_tokens_per_s", rate, "img tok/s", batch_size=batch, guidance_scale=scale, compiled=compiled)
 
     peak_memory = (torch.cuda.max_memory_allocated(device) if not cpu else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
     emit("peak_memory", peak_memory / 2**20, "MiB", kind="allocated" if not cpu else "max resident set")
@@ -183,8 +188,8 @@ def main() -> None:
         plot(curve, Path(args.plot), machine)
 
 
-def plot(curve: dict[float, list[tuple[int, float]]], path: Path, machine: str) -> None:
-    """A log-x line chart of image tokens/s against batch size, one line per guidance scale (PIL only)."""
+def plot(curve: dict[str, list[tuple[int, float]]], path: Path, machine: str) -> None:
+    """A log-x line chart of image tokens/s against batch size, one line per setting (PIL only)."""
     import math
 
     from PIL import Image, ImageDraw
@@ -206,14 +211,14 @@ def plot(curve: dict[float, list[tuple[int, float]]], path: Path, machine: str) 
         x, y = xy(batches[0], rate)
         draw.text((5, y - 6), f"{rate:,.0f}", fill="black")
         draw.line([(left, y), (width - right, y)], fill=(225, 225, 225))
-    colours = {1.0: (31, 119, 180), 3.0: (214, 39, 40)}
-    for scale, points in curve.items():
+    colours = [(31, 119, 180), (214, 39, 40), (44, 160, 44), (148, 103, 189)]
+    for i, (label, points) in enumerate(curve.items()):
+        colour = colours[i % len(colours)]
         coords = [xy(b, r) for b, r in points]
-        draw.line(coords, fill=colours.get(scale, "black"), width=3)
+        draw.line(coords, fill=colour, width=3)
         for x, y in coords:
-            draw.ellipse([x - 4, y - 4, x + 4, y + 4], fill=colours.get(scale, "black"))
-        draw.text((coords[-1][0] - 150, coords[-1][1] - 18), f"guidance {scale:g}" + (" (2 passes)" if scale != 1 else ""),
-                  fill=colours.get(scale, "black"))
+            draw.ellipse([x - 4, y - 4, x + 4, y + 4], fill=colour)
+        draw.text((coords[-1][0] - 200, coords[-1][1] - 18), label, fill=colour)
     draw.text((left, 12), f"sampling image tokens/s (decode included) vs batch size - {machine}", fill="black")
     draw.text((width // 2 - 30, height - 22), "batch size", fill="black")
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -155,7 +155,24 @@ class Block(nn.Module):
 
     def forward(self, x: torch.Tensor, cache=None, pos: int = 0) -> torch.Tensor:
         x = x + self.attention(self.ln1(x), cache, pos)
+        return self.mlp(x)
+
+    def mlp(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.out(F.gelu(self.fc(self.ln2(x)), approximate="tanh"))
+
+    def decode_step(self, x: torch.Tensor, cache: tuple[torch.Tensor, torch.Tensor], pos: torch.Tensor, visible: torch.Tensor) -> torch.Tensor:
+        """One new position x (B, 1, C) at `pos` (a 0-d tensor): static shapes, so `torch.compile` makes one graph.
+
+        Its key and value go into the full-length cache (zero-initialised); attention
+        reads every cached position, with `visible` (1, T) masking those after `pos`.
+        """
+        b, t, c = x.shape
+        q, k, v = self.qkv(self.ln1(x)).view(b, t, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
+        k_cache, v_cache = cache
+        k_cache.index_copy_(2, pos.view(1), k)
+        v_cache.index_copy_(2, pos.view(1), v)
+        y = F.scaled_dot_product_attention(q, k_cache, v_cache, attn_mask=visible)
+        return self.mlp(x + self.proj(y.transpose(1, 2).reshape(b, t, c)))
 
 
 class Prior(SavedModel, nn.Module):
@@ -212,6 +229,14 @@ class Prior(SavedModel, nn.Module):
             return tokens + self.image_pos.weight[start : start + n]
         rows, cols = self.image_rows[start : start + n], self.image_cols[start : start + n]
         return tokens + self.row_emb(rows) + self.col_emb(cols)
+
+    def embed_image_at(self, codes: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        """(B, 1) codes at grid position `index` (a 0-d tensor) -> (B, 1, C); `embed_image` without Python ints."""
+        tokens = self.token_emb(codes + self.config.image_offset)
+        if self.config.image_positions == "flat":
+            return tokens + self.image_pos(index)
+        g = self.config.image_grid
+        return tokens + self.row_emb(index // g) + self.col_emb(index % g)
 
     def drop_captions(self, text_tokens: torch.Tensor, p: float, generator: torch.Generator | None = None) -> torch.Tensor:
         """Replace each caption by the empty caption (all per-position pads) with probability p."""

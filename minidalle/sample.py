@@ -27,6 +27,8 @@ class SampleArguments:
     top_p: float = arg(1.0, help="Nucleus sampling: the smallest set of codes with this total probability.")
     seed: int = arg(0, help="Random seed: the same command gives the same images.")
     batch_size: int = arg(16, help="Images sampled together.")
+    compile: bool = arg(False, help="Run each sampling step through torch.compile: ~1.7x faster on a CPU at batch 8-16, "
+                        "after 20-50 s of compilation per batch shape (worth it for hundreds of images).")
     out: str = arg("samples", help="Output folder.")
     device: str = arg("", help="cpu or cuda (default: cuda when available).")
 
@@ -65,6 +67,7 @@ def main(argv: list[str] | None = None) -> None:
     result = pipe(
         prompts, num_images_per_prompt=args.num_images, guidance_scale=args.guidance_scale, temperature=args.temperature,
         top_k=args.top_k, top_p=args.top_p, seed=args.seed, batch_size=args.batch_size, progress=True,
+        compile=args.compile,
     )
     rows = []
     for i, (image, prompt) in enumerate(zip(result.images, result.prompts)):

@@ -35,6 +35,7 @@ from .training import (
     check_output_dir,
     end_run,
     make_accelerator,
+    maybe_compile,
     restore_state,
     save_checkpoint,
     save_image_grid,
@@ -168,6 +169,7 @@ def train(data_args: DataArguments, args: TrainingArguments, prior_args: PriorAr
     check_free_space(args, model)
     optimizer = build_optimizer(model, args)
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
+    maybe_compile(accelerator, model, args)
     image_tokenizer.to(accelerator.device)
     raw_model = accelerator.unwrap_model(model)
     state = restore_state(accelerator, args)

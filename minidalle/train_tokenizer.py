@@ -30,6 +30,7 @@ from .training import (
     check_output_dir,
     end_run,
     make_accelerator,
+    maybe_compile,
     restore_state,
     save_checkpoint,
     save_image_grid,
@@ -149,6 +150,7 @@ def train(data_args: DataArguments, args: TrainingArguments, tok_args: Tokenizer
     check_free_space(args, model)
     optimizer = build_optimizer(model, args)
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
+    maybe_compile(accelerator, model, args)
     state = restore_state(accelerator, args)
     if main:
         (out_dir / "train_config.json").write_text(

@@ -57,6 +57,10 @@ class TrainingArguments:
     image_steps: int = arg(500, help="Write a picture of the model's progress every N steps (0: never).")
     report_to: str = arg("", help="Accelerate trackers to log to (e.g. tensorboard, wandb); log.jsonl is always written.")
     num_workers: int = arg(0, help="DataLoader worker processes.")
+    torch_compile: bool = arg(
+        False, help="Compile the model's forward with torch.compile (inductor), in place: the same weights, "
+        "checkpoints and resume either way. Pays for the image tokenizer (convolutions + Gumbel-Softmax fused; "
+        "see the README's Performance section), not for the prior, whose step is matmul-bound; 20-40 s of compilation first.")
     max_nonfinite_steps: int = arg(
         10, help="A step whose loss or gradients are NaN/inf is skipped (counted in the log as skipped_steps); "
         "after this many in a row the run stops, keeping its last checkpoint.")
@@ -129,6 +133,16 @@ def make_accelerator(args: TrainingArguments) -> Accelerator:
     if not accelerator.is_main_process:
         logging.getLogger().setLevel(logging.WARNING)
     return accelerator
+
+
+def maybe_compile(accelerator: Accelerator, model: torch.nn.Module, args: TrainingArguments) -> None:
+    """`--torch_compile`: compile the model's forward in place (`nn.Module.compile`), after `prepare`.
+
+    In place rather than Accelerate's `dynamo_backend`, which wraps the model: the wrapper
+    prefixes every state-dict key with `_orig_mod.`, so checkpoints of compiled and eager
+    runs could not resume each other."""
+    if args.torch_compile:
+        accelerator.unwrap_model(model).compile()
 
 
 def restore_state(accelerator: Accelerator, args: TrainingArguments) -> TrainState:

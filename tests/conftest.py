@@ -22,6 +22,15 @@ def one_thread():
 
 
 @pytest.fixture
+def cxx_compiler():
+    """Skip unless torch.compile can build CPU kernels (inductor needs a C++ compiler)."""
+    import shutil
+
+    if not any(shutil.which(c) for c in (os.environ.get("CXX", ""), "g++", "c++", "clang++") if c):
+        pytest.skip("torch.compile on CPU needs a C++ compiler")
+
+
+@pytest.fixture
 def run_two_cpu_processes():
     """Run a trainer script as 2 CPU processes (`accelerate launch --multi_gpu` with ACCELERATE_USE_CPU=1,
     which `--cpu --num_processes 2` is not: that silently runs one); returns its run_summary.json."""

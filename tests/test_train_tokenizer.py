@@ -74,6 +74,33 @@ def test_resume_continues_at_the_saved_step_exactly(shapes_dir, tmp_path):
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
+def test_torch_compile_matches_eager_and_its_checkpoints_resume_eagerly(shapes_dir, tmp_path, cxx_compiler):
+    # vq: no sampling noise, so the compiled run must follow the eager run's losses
+    flags = ("--max_steps", "10", "--quantizer", "vq", "--kl_weight", "0.25", "--logging_steps", "1",
+             "--checkpointing_steps", "5", "--checkpoints_total_limit", "5")
+    eager, compiled = tmp_path / "eager", tmp_path / "compiled"
+    run(tiny_args(shapes_dir, eager, *flags))
+    from torch._dynamo.utils import counters
+
+    graphs = counters["stats"]["unique_graphs"]
+    run(tiny_args(shapes_dir, compiled, *flags, "--torch_compile"))
+    assert counters["stats"]["unique_graphs"] > graphs  # the forward did go through torch.compile
+    a = [r["loss"] for r in read_log(eager) if "loss" in r]
+    b = [r["loss"] for r in read_log(compiled) if "loss" in r]
+    assert len(a) == len(b) == 10 and b[-1] < b[0]
+    assert b == pytest.approx(a, rel=1e-3)
+    # the compiled run's checkpoint has the eager model's keys: an eager run resumes from it
+    resumed = tmp_path / "resumed"
+    (resumed / "checkpoints").mkdir(parents=True)
+    shutil.copytree(compiled / "checkpoints" / "step-0000005", resumed / "checkpoints" / "step-0000005")
+    run(tiny_args(shapes_dir, resumed, *flags, "--resume_from_checkpoint", "latest"))
+    assert [r["step"] for r in read_log(resumed) if "loss" in r][0] == 6
+    wa = DiscreteVAE.from_pretrained(eager / "image_tokenizer").state_dict()
+    wb = DiscreteVAE.from_pretrained(resumed / "image_tokenizer").state_dict()
+    for key in wa:
+        torch.testing.assert_close(wb[key], wa[key], atol=1e-3, rtol=1e-3)
+
+
 def test_resume_from_a_folder_that_is_not_a_checkpoint(shapes_dir, tmp_path):
     with pytest.raises(UserError, match="not a checkpoint"):
         run(tiny_args(shapes_dir, tmp_path / "x", "--max_steps", "2", "--resume_from_checkpoint", str(tmp_path)))
