@@ -39,8 +39,14 @@ def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> t
 def _sample(logits: torch.Tensor, temperature: float, top_k: int, top_p: float, generator) -> torch.Tensor:
     if temperature <= 0:
         return logits.argmax(-1)
-    probs = filter_logits(logits.float() / temperature, top_k, top_p).softmax(-1)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+    logits = logits.float() / temperature
+    if top_k and top_k < logits.shape[-1]:
+        # draw among the k candidates only (top-p applied within them): the same distribution as
+        # filtering all K logits, with the softmax and the sampler's noise over k values instead of K
+        values, indices = torch.topk(logits, top_k, dim=-1)
+        choice = torch.multinomial(filter_logits(values, 0, top_p).softmax(-1), 1, generator=generator)
+        return indices.gather(-1, choice).squeeze(-1)
+    return torch.multinomial(filter_logits(logits, 0, top_p).softmax(-1), 1, generator=generator).squeeze(-1)
 
 
 def _run(prior: Prior, x: torch.Tensor, caches, pos: int) -> torch.Tensor:

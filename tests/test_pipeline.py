@@ -311,6 +311,19 @@ def test_sample_main_writes_images_grids_and_a_manifest(folder, tmp_path):
             assert im.convert("RGB").tobytes() == image.tobytes()
 
 
+def test_sample_main_compile_gives_the_eager_pictures(folder, tmp_path, cxx_compiler):
+    from torch._dynamo.utils import counters
+
+    eager, compiled = tmp_path / "eager", tmp_path / "compiled"
+    for out, extra in ((eager, []), (compiled, ["--compile"])):
+        graphs = counters["stats"]["unique_graphs"]
+        sample_main(["a red circle", "--model", str(folder), "--out", str(out), "--num_images", "3", "--seed", "5", *extra])
+        assert (counters["stats"]["unique_graphs"] > graphs) == bool(extra)  # --compile, and only it, compiles
+    for r in read_manifest(eager):
+        with Image.open(eager / r["file"]) as a, Image.open(compiled / r["file"]) as b:
+            assert a.tobytes() == b.tobytes()
+
+
 def test_sample_main_reads_a_prompts_file(folder, tmp_path):
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a red circle\n\n   \na green star  \n", encoding="utf-8")

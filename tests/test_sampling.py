@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from minidalle.prior import Prior, PriorConfig
-from minidalle.sampling import filter_logits, sample_codes
+from minidalle.sampling import _sample, filter_logits, sample_codes
 
 V, L, K, G = 50, 8, 32, 4
 N = G * G
@@ -249,3 +249,15 @@ def test_top_k_and_top_p_together_and_per_row():
     assert probs.sum().item() == pytest.approx(1.0)
     assert probs[2].item() == pytest.approx(0.5 / 0.85)
     assert math.isclose(probs[[1, 3]].sum().item(), 0.0)
+
+
+@pytest.mark.parametrize("top_k, top_p, temperature", [(4, 1.0, 1.0), (4, 0.7, 0.5), (0, 0.8, 1.0), (0, 1.0, 2.0), (12, 1.0, 1.0)])
+def test_sampled_frequencies_follow_the_filtered_distribution(top_k, top_p, temperature):
+    """The sampler (which draws among the top-k candidates only) has the law of softmax(filter_logits(logits / T))."""
+    logits = torch.tensor([[0.3, 2.0, -1.0, 1.5, 0.9, 1.2, -0.2, 0.0, 1.9, -3.0]])
+    n = 40_000
+    draws = _sample(logits.expand(n, -1), temperature, top_k, top_p, gen(0))
+    freq = torch.bincount(draws, minlength=10).double() / n
+    want = filter_logits(logits / temperature, top_k, top_p).softmax(-1)[0].double()
+    assert torch.all(freq[want == 0] == 0)  # nothing outside the filter
+    torch.testing.assert_close(freq, want, atol=0.01, rtol=0)
