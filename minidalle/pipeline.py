@@ -121,8 +121,9 @@ class MiniDallePipeline:
         With `init_image` and `keep_rows`, the top `keep_rows` rows of the
         image's codes are kept and the rest completed (DALL-E, Fig. 2).
         `compile=True` runs the per-code step through `torch.compile`: faster
-        for many images, 20-50 s of compilation per batch shape first
-        (see `minidalle.sampling`).
+        for many images, 20-50 s of compilation per batch shape first; the
+        weights are baked into the compiled graph, so do not change
+        `self.prior`'s weights in place afterwards (see `minidalle.sampling`).
         """
         from tqdm.auto import tqdm
 

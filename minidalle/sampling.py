@@ -11,9 +11,12 @@ The per-code step (`decode_step`) has static shapes: the cache is full-length
 and a mask hides the positions not yet written, so `compile=True` turns it
 into one `torch.compile` graph (inductor, weights frozen into the graph,
 GEMMs autotuned). That pays where framework overhead and small-batch GEMMs
-dominate (a CPU at batch 1-16: ~1.7x on the peer config, see bench/), costs
-20-50 s of compilation per batch shape on first use (cached on disk after),
-and assumes the weights no longer change: use it for inference only.
+dominate (a CPU at small batches: measured 3x at batch 1 and 1.6x at batch 8
+on the peer config, see the README's Performance), costs 20-50 s of
+compilation per batch shape on first use (guidance doubles the batch; a
+smaller last batch is another shape), and bakes the weights into the graph:
+a new prior object is compiled afresh, but weights changed in place after a
+compiled call are not seen. Use it for inference only.
 """
 
 from __future__ import annotations
@@ -41,8 +44,9 @@ def _sample(logits: torch.Tensor, temperature: float, top_k: int, top_p: float, 
         return logits.argmax(-1)
     logits = logits.float() / temperature
     if top_k and top_k < logits.shape[-1]:
-        # draw among the k candidates only (top-p applied within them): the same distribution as
-        # filtering all K logits, with the softmax and the sampler's noise over k values instead of K
+        # draw among the k candidates only (top-p applied within them): the distribution of
+        # filtering all K logits (up to ties at the k-th value: topk keeps exactly k, filter_logits
+        # all tied ones), with the softmax and the sampler's noise over k values instead of K
         values, indices = torch.topk(logits, top_k, dim=-1)
         choice = torch.multinomial(filter_logits(values, 0, top_p).softmax(-1), 1, generator=generator)
         return indices.gather(-1, choice).squeeze(-1)

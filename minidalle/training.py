@@ -58,9 +58,10 @@ class TrainingArguments:
     report_to: str = arg("", help="Accelerate trackers to log to (e.g. tensorboard, wandb); log.jsonl is always written.")
     num_workers: int = arg(0, help="DataLoader worker processes.")
     torch_compile: bool = arg(
-        False, help="Compile the model's forward with torch.compile (inductor), in place: the same weights, "
-        "checkpoints and resume either way. Pays for the image tokenizer (convolutions + Gumbel-Softmax fused; "
-        "see the README's Performance section), not for the prior, whose step is matmul-bound; 20-40 s of compilation first.")
+        False, help="Compile the model's forward with torch.compile (inductor), in place: checkpoints have the same "
+        "keys and resume either way (random draws such as Gumbel noise come from inductor's own stream, so a compiled "
+        "run is not step-for-step the eager one). Pays for the image tokenizer (see the README's Performance section), "
+        "not for the prior, whose step is matmul-bound; 20-40 s of compilation first.")
     max_nonfinite_steps: int = arg(
         10, help="A step whose loss or gradients are NaN/inf is skipped (counted in the log as skipped_steps); "
         "after this many in a row the run stops, keeping its last checkpoint.")

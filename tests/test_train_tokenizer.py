@@ -88,7 +88,7 @@ def test_torch_compile_matches_eager_and_its_checkpoints_resume_eagerly(shapes_d
     a = [r["loss"] for r in read_log(eager) if "loss" in r]
     b = [r["loss"] for r in read_log(compiled) if "loss" in r]
     assert len(a) == len(b) == 10 and b[-1] < b[0]
-    assert b == pytest.approx(a, rel=1e-3)
+    assert b == pytest.approx(a, rel=1e-2)
     # the compiled run's checkpoint has the eager model's keys: an eager run resumes from it
     resumed = tmp_path / "resumed"
     (resumed / "checkpoints").mkdir(parents=True)
@@ -98,7 +98,7 @@ def test_torch_compile_matches_eager_and_its_checkpoints_resume_eagerly(shapes_d
     wa = DiscreteVAE.from_pretrained(eager / "image_tokenizer").state_dict()
     wb = DiscreteVAE.from_pretrained(resumed / "image_tokenizer").state_dict()
     for key in wa:
-        torch.testing.assert_close(wb[key], wa[key], atol=1e-3, rtol=1e-3)
+        torch.testing.assert_close(wb[key], wa[key], atol=1e-2, rtol=1e-2)
 
 
 def test_resume_from_a_folder_that_is_not_a_checkpoint(shapes_dir, tmp_path):
