@@ -21,6 +21,16 @@ class UserError(Exception):
     """A problem with the user's input: printed as one clear line, no traceback."""
 
 
+def require_cpu_compiler(flag: str) -> None:
+    """`torch.compile` on a CPU builds C++ kernels: say so up front, not deep inside inductor."""
+    import os
+    import shutil
+
+    if not any(shutil.which(c) for c in (os.environ.get("CXX", ""), "g++", "c++", "clang++") if c):
+        raise UserError(f"{flag} uses torch.compile, which on a CPU needs a C++ compiler (g++ or clang++, or set CXX); "
+                        f"install one (e.g. apt install g++) or leave out {flag}")
+
+
 def arg(default: Any = dataclasses.MISSING, help: str = "", **metadata: Any) -> Any:
     """A dataclass field with help text, for `HfArgumentParser`."""
     metadata = {"help": help, **metadata}

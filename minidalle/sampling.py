@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import torch
 
+from .args import require_cpu_compiler
 from .prior import Prior
 
 
@@ -134,6 +135,8 @@ def sample_codes(
         # zeros, not empty: a decode step reads every position (masked), and 0 * garbage may be NaN
         caches = [(torch.zeros(shape, dtype=dtype, device=text_tokens.device), torch.zeros(shape, dtype=dtype, device=text_tokens.device))
                   for _ in prior.blocks]
+    if compile and use_cache and text_tokens.device.type == "cpu":
+        require_cpu_compiler("compile=True (sample.py --compile)")
     step = compiled_decode_step() if compile and use_cache else decode_step
 
     def prefix_codes() -> torch.Tensor:

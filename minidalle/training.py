@@ -24,7 +24,7 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
 
-from .args import UserError, arg
+from .args import UserError, arg, require_cpu_compiler
 
 logger = logging.getLogger("minidalle")
 
@@ -143,6 +143,8 @@ def maybe_compile(accelerator: Accelerator, model: torch.nn.Module, args: Traini
     prefixes every state-dict key with `_orig_mod.`, so checkpoints of compiled and eager
     runs could not resume each other."""
     if args.torch_compile:
+        if accelerator.device.type == "cpu":
+            require_cpu_compiler("--torch_compile")
         accelerator.unwrap_model(model).compile()
 
 

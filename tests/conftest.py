@@ -24,9 +24,11 @@ def one_thread():
 @pytest.fixture
 def cxx_compiler():
     """Skip unless torch.compile can build CPU kernels (inductor needs a C++ compiler)."""
-    import shutil
+    from minidalle.args import UserError, require_cpu_compiler
 
-    if not any(shutil.which(c) for c in (os.environ.get("CXX", ""), "g++", "c++", "clang++") if c):
+    try:
+        require_cpu_compiler("torch.compile")
+    except UserError:
         pytest.skip("torch.compile on CPU needs a C++ compiler")
 
 

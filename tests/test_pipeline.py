@@ -324,6 +324,13 @@ def test_sample_main_compile_gives_the_eager_pictures(folder, tmp_path, cxx_comp
             assert a.tobytes() == b.tobytes()
 
 
+def test_compile_without_a_cpp_compiler_is_a_user_error(folder, tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path))  # no compiler on it
+    monkeypatch.delenv("CXX", raising=False)
+    with pytest.raises(UserError, match="C\\+\\+ compiler.*--compile"):
+        sample_main(["a red circle", "--model", str(folder), "--out", str(tmp_path / "x"), "--compile"])
+
+
 def test_sample_main_reads_a_prompts_file(folder, tmp_path):
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a red circle\n\n   \na green star  \n", encoding="utf-8")

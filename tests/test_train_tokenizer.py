@@ -101,6 +101,13 @@ def test_torch_compile_matches_eager_and_its_checkpoints_resume_eagerly(shapes_d
         torch.testing.assert_close(wb[key], wa[key], atol=1e-2, rtol=1e-2)
 
 
+def test_torch_compile_without_a_cpp_compiler_is_a_user_error(shapes_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.delenv("CXX", raising=False)
+    with pytest.raises(UserError, match="--torch_compile uses torch.compile.*C\\+\\+ compiler"):
+        run(tiny_args(shapes_dir, tmp_path / "x", "--max_steps", "2", "--torch_compile"))
+
+
 def test_resume_from_a_folder_that_is_not_a_checkpoint(shapes_dir, tmp_path):
     with pytest.raises(UserError, match="not a checkpoint"):
         run(tiny_args(shapes_dir, tmp_path / "x", "--max_steps", "2", "--resume_from_checkpoint", str(tmp_path)))
