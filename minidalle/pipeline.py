@@ -120,10 +120,11 @@ class MiniDallePipeline:
 
         With `init_image` and `keep_rows`, the top `keep_rows` rows of the
         image's codes are kept and the rest completed (DALL-E, Fig. 2).
-        `compile=True` runs the per-code step through `torch.compile`: faster
-        for many images, 20-50 s of compilation per batch shape first; the
-        weights are baked into the compiled graph, so do not change
-        `self.prior`'s weights in place afterwards (see `minidalle.sampling`).
+        `compile=True` runs the per-code step through `torch.compile`: each
+        step is faster, after 20-50 s of compilation (a short last batch is
+        padded so that there is one batch shape); the weights are baked into
+        the compiled graph, so do not change `self.prior`'s weights in place
+        afterwards (see `minidalle.sampling`).
         """
         from tqdm.auto import tqdm
 
@@ -142,12 +143,15 @@ class MiniDallePipeline:
         chunks = range(0, len(flat), batch_size)
         for start in tqdm(chunks, desc="sampling", disable=not progress or len(chunks) < 2, leave=False):
             batch = flat[start : start + batch_size]
+            n = len(batch)
+            if compile and len(chunks) > 1:  # pad a short last batch: one compiled shape, not two
+                batch = batch + batch[-1:] * (batch_size - n)
             generator = torch.Generator(device=self.device).manual_seed(base_seed + start)
             init = primed.expand(len(batch), -1) if primed is not None else None
             codes.append(sample_codes(
                 self.prior, self._text_tokens(batch), guidance_scale=guidance_scale, temperature=temperature,
                 top_k=top_k, top_p=top_p, generator=generator, init_codes=init, compile=compile,
-            ))
+            )[:n])
         codes = torch.cat(codes)
         images = torch.cat([self.image_tokenizer.decode(c) for c in codes.split(64)])
         seeds = [base_seed + (i // batch_size) * batch_size for i in range(len(flat))]

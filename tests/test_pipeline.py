@@ -324,6 +324,17 @@ def test_sample_main_compile_gives_the_eager_pictures(folder, tmp_path, cxx_comp
             assert a.tobytes() == b.tobytes()
 
 
+def test_compile_pads_a_short_last_batch_to_one_shape(pipe, cxx_compiler):
+    from torch._dynamo.utils import counters
+
+    graphs = counters["stats"]["unique_graphs"]
+    out = pipe(["a red circle", "a blue square", "a green circle"], batch_size=2, guidance_scale=1.0, temperature=0, compile=True)
+    assert counters["stats"]["unique_graphs"] == graphs + 1  # batches of 2 and 1 (padded to 2): one compiled shape
+    assert len(out.images) == 3 and out.prompts == ["a red circle", "a blue square", "a green circle"]
+    eager = pipe(["a red circle", "a blue square", "a green circle"], batch_size=2, guidance_scale=1.0, temperature=0)
+    assert torch.equal(out.codes, eager.codes)
+
+
 def test_compile_without_a_cpp_compiler_is_a_user_error(folder, tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", str(tmp_path))  # no compiler on it
     monkeypatch.delenv("CXX", raising=False)
