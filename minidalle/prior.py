@@ -171,7 +171,13 @@ class Block(nn.Module):
         k_cache, v_cache = cache
         k_cache.index_copy_(2, pos.view(1), k)
         v_cache.index_copy_(2, pos.view(1), v)
-        y = F.scaled_dot_product_attention(q, k_cache, v_cache, attn_mask=visible)
+        if torch.compiler.is_compiling():
+            # one query: inductor fuses the scale, mask and softmax around two small matmuls, which
+            # measured 8-23% faster per step than calling SDPA's CPU kernel from the graph (batch 1-16)
+            scores = (q @ k_cache.transpose(-1, -2)) * (c // self.heads) ** -0.5
+            y = scores.masked_fill(~visible, float("-inf")).softmax(-1) @ v_cache
+        else:
+            y = F.scaled_dot_product_attention(q, k_cache, v_cache, attn_mask=visible)
         return self.mlp(x + self.proj(y.transpose(1, 2).reshape(b, t, c)))
 
 
