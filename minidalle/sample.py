@@ -27,8 +27,8 @@ class SampleArguments:
     top_p: float = arg(1.0, help="Nucleus sampling: the smallest set of codes with this total probability.")
     seed: int = arg(0, help="Random seed: the same command gives the same images.")
     batch_size: int = arg(16, help="Images sampled together.")
-    compile: bool = arg(False, help="Run each sampling step through torch.compile: faster on a CPU (measured 1.6x at batch 8, "
-                        "3x at batch 1), after 20-50 s of compilation; it saves ~17 ms per image at batch 8 on a 2-core "
+    compile: bool = arg(False, help="Run each sampling step through torch.compile: faster on a CPU (measured 1.6-1.8x at batch 8, "
+                        "2-3x at batch 1), after 20-50 s of compilation; it saves ~20 ms per image at batch 8 on a 2-core "
                         "CPU, so it pays from about a thousand images (at batch 1 from about a hundred).")
     out: str = arg("samples", help="Output folder.")
     device: str = arg("", help="cpu or cuda (default: cuda when available).")

@@ -11,7 +11,7 @@ The per-code step (`decode_step`) has static shapes: the cache is full-length
 and a mask hides the positions not yet written, so `compile=True` turns it
 into one `torch.compile` graph (inductor, weights frozen into the graph,
 GEMMs autotuned). That pays where framework overhead and small-batch GEMMs
-dominate (a CPU at small batches: measured 3x at batch 1 and 1.6x at batch 8
+dominate (a CPU at small batches: measured 2-3x at batch 1 and 1.6-1.8x at batch 8
 on the peer config, see the README's Performance), costs 20-50 s of
 compilation per batch shape on first use (guidance doubles the batch; a
 smaller last batch is another shape), and bakes the weights into the graph:
