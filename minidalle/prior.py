@@ -136,25 +136,24 @@ class Block(nn.Module):
         self.out = nn.Linear(cfg.mlp_ratio * cfg.dim, cfg.dim, bias=False)
         self.dropout = cfg.dropout
 
-    def attention(self, x: torch.Tensor, cache: tuple[torch.Tensor, torch.Tensor] | None = None, pos: int = 0) -> torch.Tensor:
-        """Causal self-attention. With `cache` (k, v buffers (B, H, T, Dh)), writes this chunk at `pos`."""
+    def _qkv(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, t, C) -> q, k, v stacked: (3, B, H, t, Dh)."""
         b, t, c = x.shape
-        q, k, v = self.qkv(x).view(b, t, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)  # 3 x (B, H, t, Dh)
-        if cache is None:
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0)
-        else:
-            if t > 1 and pos > 0:
-                raise ValueError("a multi-position chunk can only be written at the start of the cache")
-            k_cache, v_cache = cache
-            k_cache[:, :, pos : pos + t] = k
-            v_cache[:, :, pos : pos + t] = v
-            keys, values = k_cache[:, :, : pos + t], v_cache[:, :, : pos + t]
-            # a chunk of t > 1 new positions (the prompt) needs the causal mask; one position sees all keys
-            y = F.scaled_dot_product_attention(q, keys, values, is_causal=t > 1)
+        return self.qkv(x).view(b, t, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
+
+    def attention(self, x: torch.Tensor, cache: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        """Causal self-attention. With `cache` (k, v buffers (B, H, T, Dh)), this chunk's keys and values
+        are also written at the start of the cache (the prompt pass; `decode_step` adds one position at a time)."""
+        b, t, c = x.shape
+        q, k, v = self._qkv(x)
+        if cache is not None:
+            cache[0][:, :, :t] = k
+            cache[1][:, :, :t] = v
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0)
         return self.proj(y.transpose(1, 2).reshape(b, t, c))
 
-    def forward(self, x: torch.Tensor, cache=None, pos: int = 0) -> torch.Tensor:
-        x = x + self.attention(self.ln1(x), cache, pos)
+    def forward(self, x: torch.Tensor, cache=None) -> torch.Tensor:
+        x = x + self.attention(self.ln1(x), cache)
         return self.mlp(x)
 
     def mlp(self, x: torch.Tensor) -> torch.Tensor:
@@ -167,7 +166,7 @@ class Block(nn.Module):
         reads every cached position, with `visible` (1, T) masking those after `pos`.
         """
         b, t, c = x.shape
-        q, k, v = self.qkv(self.ln1(x)).view(b, t, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
+        q, k, v = self._qkv(self.ln1(x))
         k_cache, v_cache = cache
         k_cache.index_copy_(2, pos.view(1), k)
         v_cache.index_copy_(2, pos.view(1), v)

@@ -21,6 +21,8 @@ compiled call are not seen. Use it for inference only.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from .args import require_cpu_compiler
@@ -54,11 +56,16 @@ def _sample(logits: torch.Tensor, temperature: float, top_k: int, top_p: float, 
     return torch.multinomial(filter_logits(logits, 0, top_p).softmax(-1), 1, generator=generator).squeeze(-1)
 
 
-def _run(prior: Prior, x: torch.Tensor, caches, pos: int) -> torch.Tensor:
-    """Run embeddings x (B, t, C) through the blocks (with caches, at `pos`); final hidden of the last position."""
+def _next_logits(prior: Prior, x: torch.Tensor) -> torch.Tensor:
+    """The blocks' output (B, t, C) -> logits (B, K) of the code after its last position."""
+    return prior.image_head(prior.ln_f(x[:, -1])).float()
+
+
+def _run(prior: Prior, x: torch.Tensor, caches) -> torch.Tensor:
+    """Embeddings x (B, t, C) from the sequence's start through the blocks (filling `caches` when given) -> next logits."""
     for block, cache in zip(prior.blocks, caches):
-        x = block(x, cache, pos)
-    return prior.ln_f(x[:, -1])
+        x = block(x, cache)
+    return _next_logits(prior, x)
 
 
 def decode_step(prior: Prior, codes: torch.Tensor, pos: torch.Tensor, caches) -> torch.Tensor:
@@ -68,29 +75,24 @@ def decode_step(prior: Prior, codes: torch.Tensor, pos: torch.Tensor, caches) ->
     visible = (torch.arange(cfg.seq_len, device=pos.device) <= pos)[None]
     for block, cache in zip(prior.blocks, caches):
         x = block.decode_step(x, cache, pos, visible)
-    return prior.image_head(prior.ln_f(x[:, -1])).float()
+    return _next_logits(prior, x)
 
 
-_compiled_step = None
-
-
+@functools.cache
 def compiled_decode_step():
     """`decode_step` through `torch.compile` (made once; dynamo re-specialises per prior and batch shape)."""
-    global _compiled_step
-    if _compiled_step is None:
-        import torch._inductor.config as inductor_config
+    import torch._inductor.config as inductor_config
 
-        graph = torch.compile(decode_step, dynamic=False)
+    graph = torch.compile(decode_step, dynamic=False)
 
-        def run(*args):
-            # set around the call, not through `options=`: freezing is read outside that patch
-            # (measured: with `options` the weights were not frozen and the step was ~1.6x slower)
-            with inductor_config.patch(freezing=True, max_autotune=True, autotune_num_choices_displayed=0,
-                                       max_autotune_report_choices_stats=False):  # no autotuning tables on stderr
-                return graph(*args)
+    def run(*args):
+        # set around the call, not through `options=`: freezing is read outside that patch
+        # (measured: with `options` the weights were not frozen and the step was ~1.6x slower)
+        with inductor_config.patch(freezing=True, max_autotune=True, autotune_num_choices_displayed=0,
+                                   max_autotune_report_choices_stats=False):  # no autotuning tables on stderr
+            return graph(*args)
 
-        _compiled_step = run
-    return _compiled_step
+    return run
 
 
 @torch.inference_mode()
@@ -146,7 +148,7 @@ def sample_codes(
     x = prior.embed_prefix(text_tokens)
     if start:
         x = torch.cat([x, prior.embed_image(prefix_codes(), 0)], dim=1)
-    logits = prior.image_head(_run(prior, x, caches if use_cache else [None] * len(prior.blocks), 0)).float()  # (bb, K)
+    logits = _run(prior, x, caches if use_cache else [None] * len(prior.blocks))  # (bb, K)
     pos = torch.tensor(x.shape[1], device=text_tokens.device)
     for j in range(start, n_total):
         if guided:
@@ -162,5 +164,5 @@ def sample_codes(
         else:
             all_codes = codes[:, : j + 1] if not guided else codes[:, : j + 1].repeat(2, 1)
             x = torch.cat([prior.embed_prefix(text_tokens), prior.embed_image(all_codes, 0)], dim=1)
-            logits = prior.image_head(_run(prior, x, [None] * len(prior.blocks), 0)).float()
+            logits = _run(prior, x, [None] * len(prior.blocks))
     return codes
