@@ -3,7 +3,8 @@
 
     python bench/eval_shapes_model.py [--model DIR] [--num-prompts 400] [--out runs/eval-model]
 
-Samples one image per prompt with sample.py's defaults for prompts drawn from
+Samples one image per prompt with sample.py's defaults (re-ranking included:
+--num-candidates 1 turns it off) for prompts drawn from
 the train grammar and from the zeroshot split (held-out colour-shape pairs),
 at the default guidance and with guidance off (1.0), judges them, and checks
 zero-shot classification: `rank_captions` among the 8 colour variants of a
@@ -74,6 +75,7 @@ def main() -> None:
     parser.add_argument("--temperature", type=float, default=defaults.temperature)
     parser.add_argument("--top-k", type=int, default=defaults.top_k)
     parser.add_argument("--top-p", type=float, default=defaults.top_p)
+    parser.add_argument("--num-candidates", type=int, default=defaults.num_candidates, help="re-ranked candidates per image (1: none)")
     parser.add_argument("--skip-rank", action="store_true", help="skip the rank_captions check")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--seed", type=int, default=defaults.seed)
@@ -92,10 +94,11 @@ def main() -> None:
         for name, prompts in sets.items():
             start = time.perf_counter()
             report = sample_and_judge(pipe, prompts, out / f"{name}-g{guidance:g}", guidance, args.seed, args.batch_size,
-                                      temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
+                                      temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                                      num_candidates=args.num_candidates)
             row = {
                 "set": name, "guidance_scale": guidance, "temperature": args.temperature, "top_k": args.top_k,
-                "top_p": args.top_p, "images": report["images"],
+                "top_p": args.top_p, "num_candidates": args.num_candidates, "images": report["images"],
                 "one_object_all_correct": report["all_correct_one"], "two_object_all_correct": report["all_correct_two"],
                 "relation_correct": report["accuracy"].get("relation"), "all_correct": report["all_correct"],
                 "accuracy": report["accuracy"], "seconds": round(time.perf_counter() - start, 1),

@@ -15,6 +15,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from PIL import Image, ImageDraw  # noqa: E402
 
 from minidalle.pipeline import MiniDallePipeline  # noqa: E402
+from minidalle.sample import SampleArguments  # noqa: E402
 
 PROMPTS = [
     "a small red circle in the top left",
@@ -32,9 +33,10 @@ def main() -> None:
     parser.add_argument("--out", default="docs/samples.png")
     parser.add_argument("--per-prompt", type=int, default=6)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--num-candidates", type=int, default=SampleArguments().num_candidates)
     args = parser.parse_args()
     pipe = MiniDallePipeline.from_pretrained(args.model)
-    out = pipe(PROMPTS, num_images_per_prompt=args.per_prompt, seed=args.seed)
+    out = pipe(PROMPTS, num_images_per_prompt=args.per_prompt, seed=args.seed, num_candidates=args.num_candidates)
     size, label, gap = out.images[0].width * 2, 300, 4
     sheet = Image.new("RGB", (label + (size + gap) * args.per_prompt, (size + gap) * len(PROMPTS)), "white")
     draw = ImageDraw.Draw(sheet)

@@ -4,7 +4,9 @@
     python bench/sampling_speed.py [--model DIR] [--batch-sizes 1,8,16,64] [--threads 2]
 
 Times `MiniDallePipeline.__call__` end to end (text encoding, sampling with the
-KV cache, dVAE decoding to PIL images). Prints one JSON line per figure.
+KV cache, dVAE decoding to PIL images). Prints one JSON line per figure, and
+last the seconds sample.py's defaults take for 4 images of one prompt, with
+re-ranking (its default candidates) and without.
 """
 
 from __future__ import annotations
@@ -21,6 +23,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from minidalle.pipeline import MiniDallePipeline  # noqa: E402
+from minidalle.sample import SampleArguments  # noqa: E402
+
+
+def median_seconds(run, reps: int) -> float:
+    run()  # warm-up
+    times = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
 
 
 def main() -> None:
@@ -37,16 +50,16 @@ def main() -> None:
     for batch in [int(b) for b in args.batch_sizes.split(",")]:
         for guidance in (1.0, 3.0):
             run = lambda: pipe([prompt], num_images_per_prompt=batch, batch_size=batch, guidance_scale=guidance, seed=0)  # noqa: E731
-            run()  # warm-up
-            times = []
-            for _ in range(args.reps):
-                start = time.perf_counter()
-                run()
-                times.append(time.perf_counter() - start)
-            seconds = statistics.median(times)
+            seconds = median_seconds(run, args.reps)
             print(json.dumps({"metric": "sample_image_tokens_per_s", "batch_size": batch, "guidance_scale": guidance,
                               "value": round(batch * tokens_per_image / seconds, 1), "seconds_per_batch": round(seconds, 4),
                               "threads": args.threads, "device": str(pipe.device)}), flush=True)
+    d = SampleArguments()
+    for candidates in sorted({1, d.num_candidates}):
+        run = lambda: pipe([prompt], num_images_per_prompt=d.num_images, guidance_scale=d.guidance_scale,  # noqa: E731
+                           temperature=d.temperature, batch_size=d.batch_size, seed=0, num_candidates=candidates)
+        print(json.dumps({"metric": "sample_py_defaults_seconds", "images": d.num_images, "num_candidates": candidates,
+                          "value": round(median_seconds(run, args.reps), 3), "threads": args.threads}), flush=True)
 
 
 if __name__ == "__main__":

@@ -36,7 +36,8 @@ class PipelineOutput:
     images: list[Image.Image]  # num_images_per_prompt per prompt, prompt-major
     codes: torch.Tensor  # (len(images), h*w) image codes
     prompts: list[str]  # the prompt of each image
-    seeds: list[int]  # the seed that reproduces each image on its own (with batch_size=1)
+    seeds: list[int]  # the seed that reproduces each image on its own (with batch_size=1, num_candidates=1)
+    scores: list[float] | None = None  # with num_candidates > 1: each image's `pmi` (see `score`), the value it won by
 
 
 def check_prompts(prompts: Sequence[str] | str) -> list[str]:
@@ -115,6 +116,7 @@ class MiniDallePipeline:
         keep_rows: int = 0,
         progress: bool = False,
         compile: bool = False,
+        num_candidates: int = 1,
     ) -> PipelineOutput:
         """Sample `num_images_per_prompt` images for each prompt.
 
@@ -125,19 +127,28 @@ class MiniDallePipeline:
         padded so that there is one batch shape); the weights are baked into
         the compiled graph, so do not change `self.prior`'s weights in place
         afterwards (see `minidalle.sampling`).
+
+        `num_candidates=N` samples N candidates for each image and keeps the one
+        the model itself finds best explained by its prompt: the highest `pmi`
+        (see `score`) of the tokenizer's codes of the decoded candidate, i.e. of
+        the picture as shown, so a decoding that drifts from the prompt counts
+        against it. This is DALL-E's re-ranking of samples, with the prior's
+        own likelihood in place of CLIP. The candidates are exactly the images
+        that `num_images_per_prompt * N` with `num_candidates=1` would give, in
+        groups of N; sampling costs N times as much, plus one scoring pass.
         """
         from tqdm.auto import tqdm
 
         prompts = check_prompts(prompts)
-        if num_images_per_prompt < 1 or batch_size < 1:
-            raise UserError("num_images_per_prompt and batch_size must be >= 1")
+        if num_images_per_prompt < 1 or batch_size < 1 or num_candidates < 1:
+            raise UserError("num_images_per_prompt, batch_size and num_candidates must be >= 1")
         g = self.prior.config.image_grid
         if not 0 <= keep_rows <= g:
             raise UserError(f"keep_rows must be between 0 and {g}")
         primed = None
         if init_image is not None and keep_rows:
             primed = self.image_tokenizer.encode(self._pixels(init_image)[:1]).flatten(1)[:, : keep_rows * g]
-        flat = [p for p in prompts for _ in range(num_images_per_prompt)]
+        flat = [p for p in prompts for _ in range(num_images_per_prompt * num_candidates)]
         base_seed = int(torch.randint(0, 2**31 - 1, ()).item()) if seed is None else int(seed)
         codes = []
         chunks = range(0, len(flat), batch_size)
@@ -153,9 +164,14 @@ class MiniDallePipeline:
                 top_k=top_k, top_p=top_p, generator=generator, init_codes=init, compile=compile,
             )[:n])
         codes = torch.cat(codes)
-        images = torch.cat([self.image_tokenizer.decode(c) for c in codes.split(64)])
+        images = self.to_pil(torch.cat([self.image_tokenizer.decode(c) for c in codes.split(64)]))
         seeds = [base_seed + (i // batch_size) * batch_size for i in range(len(flat))]
-        return PipelineOutput(self.to_pil(images), codes.cpu(), flat, seeds)
+        if num_candidates == 1:
+            return PipelineOutput(images, codes.cpu(), flat, seeds)
+        pmi = torch.tensor([s["pmi"] for s in self.score(images, flat)]).view(-1, num_candidates)
+        best = (torch.arange(len(pmi)) * num_candidates + pmi.argmax(1)).tolist()
+        return PipelineOutput([images[i] for i in best], codes[best].cpu(), [flat[i] for i in best], [seeds[i] for i in best],
+                              pmi.max(1).values.tolist())
 
     @torch.inference_mode()
     def reconstruct(self, images) -> list[Image.Image]:
@@ -164,11 +180,17 @@ class MiniDallePipeline:
 
     # ----------------------------------------------------------- likelihood
     @torch.inference_mode()
-    def score(self, images, captions: Sequence[str] | str, batch_size: int = 64) -> list[dict]:
-        """log p(image codes | caption) for each (image, caption) pair, in nats, and as bits per image dimension.
+    def score(self, images, captions: Sequence[str] | str, batch_size: int = 64, pmi: bool = True) -> list[dict]:
+        """How likely each image is given its caption, and how much the caption explains it.
 
-        bits/dim divides -log2 p by 3*H*W: the cost of the image under the
-        prior given its tokenizer codes (a bound on the pixel likelihood).
+        For each (image, caption) pair: `log_prob` = log p(image codes | caption) in nats,
+        `bits_per_dim` = -log2 of it divided by 3*H*W (the cost of the image under the prior
+        given its tokenizer codes, a bound on the pixel likelihood), `log_prob_unconditional`
+        = log p(codes | the empty caption), and `pmi` = their difference, the pointwise mutual
+        information of caption and image: the log-ratio by which the caption makes this image
+        more likely (the implicit classifier of classifier-free guidance). `pmi` is what
+        `__call__(num_candidates=...)` ranks samples by. `pmi=False` skips the empty-caption
+        pass (half the work) and leaves out those two fields.
         """
         pixels = self._pixels(images)
         captions = check_prompts(captions)
@@ -180,13 +202,21 @@ class MiniDallePipeline:
         results = []
         for start in range(0, len(pixels), batch_size):
             codes = self.image_tokenizer.encode(pixels[start : start + batch_size]).flatten(1)
-            nll = self.prior.image_nll(self._text_tokens(captions[start : start + batch_size]), codes)
-            for caption, value in zip(captions[start : start + batch_size], nll.tolist()):
-                results.append({"caption": caption, "log_prob": -value, "bits_per_dim": value / (dims * math.log(2))})
+            b = len(codes)
+            text = self._text_tokens(captions[start : start + batch_size])
+            if pmi:  # the caption and the empty caption in one batch
+                text, codes = torch.cat([text, self.prior.empty_text_tokens(b, self.device)]), codes.repeat(2, 1)
+            nll = self.prior.image_nll(text, codes).tolist()
+            for i, caption in enumerate(captions[start : start + batch_size]):
+                result = {"caption": caption, "log_prob": -nll[i], "bits_per_dim": nll[i] / (dims * math.log(2))}
+                if pmi:
+                    result.update(log_prob_unconditional=-nll[b + i], pmi=nll[b + i] - nll[i])
+                results.append(result)
         return results
 
     def rank_captions(self, image, candidates: Sequence[str]) -> list[tuple[str, float]]:
         """Candidates ordered from most to least likely for `image`: (caption, log p(codes | caption))."""
         pixels = self._pixels(image)[:1]
-        scores = self.score(pixels.expand(len(candidates), -1, -1, -1), list(candidates))
+        # one image: log p given the empty caption is the same for every candidate, so log p ranks as pmi does
+        scores = self.score(pixels.expand(len(candidates), -1, -1, -1), list(candidates), pmi=False)
         return sorted(((s["caption"], s["log_prob"]) for s in scores), key=lambda pair: -pair[1])

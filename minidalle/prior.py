@@ -243,11 +243,14 @@ class Prior(SavedModel, nn.Module):
         g = self.config.image_grid
         return tokens + self.row_emb(index // g) + self.col_emb(index % g)
 
+    def empty_text_tokens(self, batch: int, device: torch.device | str | None = None) -> torch.Tensor:
+        """The empty caption (every position its pad) as joint text tokens (batch, L): the unconditional prompt."""
+        return (self.config.text_vocab_size + torch.arange(self.config.text_len, device=device)).expand(batch, -1)
+
     def drop_captions(self, text_tokens: torch.Tensor, p: float, generator: torch.Generator | None = None) -> torch.Tensor:
         """Replace each caption by the empty caption (all per-position pads) with probability p."""
         drop = torch.rand(text_tokens.shape[0], device=text_tokens.device, generator=generator) < p
-        empty = self.config.text_vocab_size + torch.arange(text_tokens.shape[1], device=text_tokens.device)
-        return torch.where(drop[:, None], empty, text_tokens)
+        return torch.where(drop[:, None], self.empty_text_tokens(1, text_tokens.device), text_tokens)
 
     # ------------------------------------------------------------ forward
     def forward(self, text_tokens: torch.Tensor, image_codes: torch.Tensor, compute_loss: bool = True) -> PriorOutput:

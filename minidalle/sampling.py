@@ -119,8 +119,7 @@ def sample_codes(
     b, n_total = text_tokens.shape[0], cfg.num_image_tokens
     guided = guidance_scale != 1.0
     if guided:
-        empty = cfg.text_vocab_size + torch.arange(cfg.text_len, device=text_tokens.device)
-        text_tokens = torch.cat([text_tokens, empty.expand(b, -1)])
+        text_tokens = torch.cat([text_tokens, prior.empty_text_tokens(b, text_tokens.device)])
     bb = text_tokens.shape[0]
     codes = torch.zeros(b, n_total, dtype=torch.long, device=text_tokens.device)
     start = 0

@@ -1,6 +1,6 @@
 """`minidalle score`: how likely is an image given a caption, under the prior.
 
-    minidalle score IMAGE.png --caption "a small red circle"               # log p and bits/dim
+    minidalle score IMAGE.png --caption "a small red circle"               # log p, bits/dim and pmi
     minidalle score IMAGE.png --candidates "a red circle|a blue circle"     # rank captions (zero-shot)
 """
 
@@ -16,7 +16,8 @@ from .args import UserError, arg, parse_args
 
 @dataclass
 class ScoreArguments:
-    caption: str = arg("", help="Score each image under this caption: log p(image codes | caption) and bits/dim.")
+    caption: str = arg("", help="Score each image under this caption: log p(image codes | caption), bits/dim, and pmi "
+                       "(log p given the caption minus log p given the empty caption).")
     candidates: str = arg("", help="Rank these captions ('|'-separated) for each image, most likely first.")
     model: str = arg("", help="A pipeline folder; default: the bundled shapes model.")
     json: bool = arg(False, help="Print one JSON object per image instead of text.")
@@ -54,5 +55,6 @@ def score_main(argv: list[str] | None = None) -> None:
         else:
             (scored,) = pipe.score([image], [args.caption])
             result = {"image": path, **scored}
-            text = f"{path}: log p = {scored['log_prob']:.2f} nats, {scored['bits_per_dim']:.4f} bits/dim given {args.caption!r}"
+            text = (f"{path}: log p = {scored['log_prob']:.2f} nats, {scored['bits_per_dim']:.4f} bits/dim given {args.caption!r}; "
+                    f"pmi = {scored['pmi']:.2f} nats (log p given the caption minus log p given none)")
         print(json.dumps(result) if args.json else text)

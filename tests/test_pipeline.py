@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import math
@@ -149,6 +150,29 @@ def test_bad_counts_are_user_errors(pipe):
         pipe("a red circle", num_images_per_prompt=0)
     with pytest.raises(UserError, match="batch_size"):
         pipe("a red circle", batch_size=0)
+    with pytest.raises(UserError, match="num_candidates"):
+        pipe("a red circle", num_candidates=0)
+
+
+def test_num_candidates_keeps_the_plain_sample_with_the_highest_pmi(parts):
+    image_tokenizer, text_tokenizer, prior = parts
+    image_tokenizer = copy.deepcopy(image_tokenizer)
+    with torch.no_grad():  # livelier weights: decoded samples re-encode to varied codes (a fresh init gives one code)
+        for p in image_tokenizer.parameters():
+            p.mul_(3)
+    pipe = MiniDallePipeline(image_tokenizer, text_tokenizer, prior)
+    prompts = ["a red circle", "a blue square"]
+    plain = pipe(prompts, num_images_per_prompt=2 * 3, seed=7, batch_size=4)
+    ranked = pipe(prompts, num_images_per_prompt=2, num_candidates=3, seed=7, batch_size=4)
+    pmi = torch.tensor([s["pmi"] for s in pipe.score(plain.images, plain.prompts)]).view(4, 3)
+    best = (torch.arange(4) * 3 + pmi.argmax(1)).tolist()
+    assert best != [0, 3, 6, 9]  # the ranking does pick other candidates than the first
+    assert torch.equal(ranked.codes, plain.codes[best])
+    assert [im.tobytes() for im in ranked.images] == [plain.images[i].tobytes() for i in best]
+    assert ranked.prompts == [plain.prompts[i] for i in best] == ["a red circle"] * 2 + ["a blue square"] * 2
+    assert ranked.seeds == [plain.seeds[i] for i in best]
+    assert ranked.scores == pytest.approx(pmi.max(1).values.tolist(), rel=1e-5)
+    assert plain.scores is None
 
 
 # --- reconstruct and score -------------------------------------------------------------------
@@ -187,6 +211,15 @@ def test_score_is_the_priors_image_nll(pipe):
         pipe.score(pixels, ["a", "b", "c"])
     # small batches give the same figures
     assert [r["log_prob"] for r in pipe.score(pixels, captions, batch_size=1)] == pytest.approx([r["log_prob"] for r in results])
+    # pmi: how much the caption raises the likelihood over the empty caption
+    uncond = pipe.prior.image_nll(pipe.prior.empty_text_tokens(2), codes)
+    for r, value in zip(results, uncond.tolist()):
+        assert r["log_prob_unconditional"] == pytest.approx(-value, rel=1e-6)
+        assert r["pmi"] == pytest.approx(r["log_prob"] - r["log_prob_unconditional"], rel=1e-6, abs=1e-4)
+    assert results[0]["pmi"] != pytest.approx(results[1]["pmi"])
+    plain = pipe.score(pixels, captions, pmi=False)  # without the empty-caption pass
+    assert [set(r) for r in plain] == [{"caption", "log_prob", "bits_per_dim"}] * 2
+    assert [r["log_prob"] for r in plain] == pytest.approx([r["log_prob"] for r in results], rel=1e-6)
 
 
 def test_rank_captions_sorts_by_log_prob(pipe):
@@ -304,10 +337,22 @@ def test_sample_main_writes_images_grids_and_a_manifest(folder, tmp_path):
         with Image.open(out / f"grid-p{p:03d}.png") as im:
             assert im.size == (2 * SIZE, SIZE)  # one row of the prompt's 2 images
     assert not (out / "grid-p002.png").exists()
-    # the same command gives the same pictures as the pipeline
-    expected = MiniDallePipeline.from_pretrained(folder, device="cpu")(["a red circle", "a 🎨 blue square"], num_images_per_prompt=2, seed=3)
+    # the same command gives the same pictures as the pipeline, re-ranked among sample.py's default 8 candidates
+    expected = MiniDallePipeline.from_pretrained(folder, device="cpu")(["a red circle", "a 🎨 blue square"], num_images_per_prompt=2, seed=3,
+                                                                       num_candidates=8)
+    assert all(r["num_candidates"] == 8 for r in rows)
+    assert [r["pmi"] for r in rows] == pytest.approx(expected.scores, abs=1e-3)
     for r, image in zip(rows, expected.images):
         with Image.open(out / r["file"]) as im:
+            assert im.convert("RGB").tobytes() == image.tobytes()
+    # --num_candidates 1: no re-ranking, no score
+    sample_main(["a red circle", "--model", str(folder), "--out", str(tmp_path / "plain"), "--num_images", "2", "--seed", "3",
+                 "--num_candidates", "1"])
+    plain = read_manifest(tmp_path / "plain")
+    assert [(r["num_candidates"], r["pmi"]) for r in plain] == [(1, None), (1, None)]
+    unranked = MiniDallePipeline.from_pretrained(folder, device="cpu")("a red circle", num_images_per_prompt=2, seed=3)
+    for r, image in zip(plain, unranked.images):
+        with Image.open(tmp_path / "plain" / r["file"]) as im:
             assert im.convert("RGB").tobytes() == image.tobytes()
 
 
@@ -404,3 +449,26 @@ def test_numpy_images_score_like_pil_images(pipe):
     as_array = np.asarray(image)
     assert pipe.score([as_array], ["a red circle"])[0]["log_prob"] == pytest.approx(pipe.score([image], ["a red circle"])[0]["log_prob"])
     assert pipe.rank_captions(as_array, ["a red circle", "a blue square"]) == pipe.rank_captions(image, ["a red circle", "a blue square"])
+
+
+# --- minidalle score ---------------------------------------------------------------------------
+
+
+def test_score_cli_prints_log_prob_bits_and_pmi_or_a_ranking(folder, pipe, tmp_path, capsys):
+    from minidalle.score import score_main
+
+    image = pipe("a red circle", seed=4).images[0]
+    image.save(tmp_path / "a.png")
+    score_main([str(tmp_path / "a.png"), "--caption", "a red circle", "--model", str(folder), "--json"])
+    printed = json.loads(capsys.readouterr().out)
+    (expected,) = pipe.score([image], ["a red circle"])
+    assert printed["image"] == str(tmp_path / "a.png")
+    for key in ("log_prob", "bits_per_dim", "log_prob_unconditional", "pmi"):
+        assert printed[key] == pytest.approx(expected[key], rel=1e-5, abs=1e-5)
+    score_main([str(tmp_path / "a.png"), "--candidates", "a blue square|a red circle", "--model", str(folder), "--json"])
+    ranking = json.loads(capsys.readouterr().out)["ranking"]
+    assert [r["caption"] for r in ranking] == [c for c, _ in pipe.rank_captions(image, ["a blue square", "a red circle"])]
+    with pytest.raises(UserError, match="either --caption or --candidates"):
+        score_main([str(tmp_path / "a.png"), "--model", str(folder)])
+    with pytest.raises(UserError, match="missing.png: no such image file"):
+        score_main([str(tmp_path / "missing.png"), "--caption", "a red circle", "--model", str(folder)])
