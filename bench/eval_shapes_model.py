@@ -83,13 +83,20 @@ def main() -> None:
     parser.add_argument("--only", choices=["train_grammar", "zeroshot"], help="judge one prompt set only")
     parser.add_argument("--zeroshot-seed", type=int, default=1002, help="another seed draws other zero-shot prompts (a sweep's validation set)")
     parser.add_argument("--no-guidance-off", action="store_true", help="skip the guidance 1 comparison")
+    parser.add_argument("--write-prompts", metavar="DIR", help="only write the prompt sets to DIR/<set>.txt (for sample.py --prompts_file)")
     args = parser.parse_args()
 
-    pipe = MiniDallePipeline.from_pretrained(args.model)
-    out = Path(args.out)
     sets = {"train_grammar": prompts_for("train", args.num_prompts, 1001), "zeroshot": prompts_for("zeroshot", args.num_prompts, args.zeroshot_seed)}
     if args.only:
         sets = {args.only: sets[args.only]}
+    if args.write_prompts:
+        Path(args.write_prompts).mkdir(parents=True, exist_ok=True)
+        for name, prompts in sets.items():
+            (Path(args.write_prompts) / f"{name}.txt").write_text("\n".join(prompts) + "\n")
+        print(f"wrote {', '.join(f'{args.write_prompts}/{name}.txt' for name in sets)}")
+        return
+    pipe = MiniDallePipeline.from_pretrained(args.model)
+    out = Path(args.out)
     for guidance in sorted({args.guidance_scale} if args.no_guidance_off else {1.0, args.guidance_scale}):
         for name, prompts in sets.items():
             start = time.perf_counter()
