@@ -37,7 +37,8 @@ class PipelineOutput:
     codes: torch.Tensor  # (len(images), h*w) image codes
     prompts: list[str]  # the prompt of each image
     seeds: list[int]  # the seed that reproduces each image on its own (with batch_size=1, num_candidates=1)
-    scores: list[float] | None = None  # with num_candidates > 1: each image's `pmi` (see `score`), the value it won by
+    scores: list[float] | None = None  # with num_candidates > 1: the `pmi` each image won by (see `score`): of the
+    # tokenizer's codes of the decoded picture, which may differ from `codes`, the codes as sampled
 
 
 def check_prompts(prompts: Sequence[str] | str) -> list[str]:
@@ -81,10 +82,14 @@ class MiniDallePipeline:
 
     # -------------------------------------------------------------- helpers
     def _text_tokens(self, prompts: list[str]) -> torch.Tensor:
-        ids, truncated = encode_captions(self.text_tokenizer, prompts, self.prior.config.text_len, warn=False)
+        ids, _ = encode_captions(self.text_tokenizer, prompts, self.prior.config.text_len, warn=False)
+        return self.prior.text_tokens(ids.to(self.device), self.text_tokenizer.pad_token_id)
+
+    def _warn_long_prompts(self, prompts: list[str]) -> None:
+        """One warning per call for the distinct prompts longer than the prior's text length (they are cut)."""
+        _, truncated = encode_captions(self.text_tokenizer, list(dict.fromkeys(prompts)), self.prior.config.text_len, warn=False)
         if truncated:
             logger.warning("%d prompt(s) longer than %d text tokens were truncated", truncated, self.prior.config.text_len)
-        return self.prior.text_tokens(ids.to(self.device), self.text_tokenizer.pad_token_id)
 
     def _pixels(self, images) -> torch.Tensor:
         """PIL images or (H, W, 3) uint8 arrays (or a (B, 3, H, W) tensor in [0, 1]) -> model input on the device."""
@@ -135,7 +140,10 @@ class MiniDallePipeline:
         against it. This is DALL-E's re-ranking of samples, with the prior's
         own likelihood in place of CLIP. The candidates are exactly the images
         that `num_images_per_prompt * N` with `num_candidates=1` would give, in
-        groups of N; sampling costs N times as much, plus one scoring pass.
+        groups of N (`batch_size` counts candidates); sampling and decoding cost N
+        times as much, plus one scoring pass. The default here is 1 (plain
+        sampling); sample.py's is 8. Where every candidate would be the same
+        (temperature 0, or every row primed) one is sampled.
         """
         from tqdm.auto import tqdm
 
@@ -148,6 +156,10 @@ class MiniDallePipeline:
         primed = None
         if init_image is not None and keep_rows:
             primed = self.image_tokenizer.encode(self._pixels(init_image)[:1]).flatten(1)[:, : keep_rows * g]
+        if num_candidates > 1 and (temperature <= 0 or (primed is not None and keep_rows == g)):
+            logger.info("every candidate would be the same (temperature 0 or every row primed): sampling one, not %d", num_candidates)
+            num_candidates = 1
+        self._warn_long_prompts(prompts)
         flat = [p for p in prompts for _ in range(num_images_per_prompt * num_candidates)]
         base_seed = int(torch.randint(0, 2**31 - 1, ()).item()) if seed is None else int(seed)
         codes = []
@@ -168,7 +180,7 @@ class MiniDallePipeline:
         seeds = [base_seed + (i // batch_size) * batch_size for i in range(len(flat))]
         if num_candidates == 1:
             return PipelineOutput(images, codes.cpu(), flat, seeds)
-        pmi = torch.tensor([s["pmi"] for s in self.score(images, flat)]).view(-1, num_candidates)
+        pmi = torch.tensor([s["pmi"] for s in self._score(images, flat, batch_size, pmi=True)]).view(-1, num_candidates)
         best = (torch.arange(len(pmi)) * num_candidates + pmi.argmax(1)).tolist()
         return PipelineOutput([images[i] for i in best], codes[best].cpu(), [flat[i] for i in best], [seeds[i] for i in best],
                               pmi.max(1).values.tolist())
@@ -192,16 +204,22 @@ class MiniDallePipeline:
         `__call__(num_candidates=...)` ranks samples by. `pmi=False` skips the empty-caption
         pass (half the work) and leaves out those two fields.
         """
-        pixels = self._pixels(images)
+        if isinstance(images, (Image.Image, np.ndarray)):
+            images = [images]
         captions = check_prompts(captions)
-        if len(captions) == 1 and len(pixels) > 1:
-            captions = captions * len(pixels)
-        if len(captions) != len(pixels):
-            raise UserError(f"score: {len(pixels)} images but {len(captions)} captions")
+        if len(captions) == 1 and len(images) > 1:
+            captions = captions * len(images)
+        if len(captions) != len(images):
+            raise UserError(f"score: {len(images)} images but {len(captions)} captions")
+        self._warn_long_prompts(captions)
+        return self._score(images, captions, batch_size, pmi)
+
+    def _score(self, images, captions: list[str], batch_size: int, pmi: bool) -> list[dict]:
+        """`score` for checked captions, one per image; images are brought to the device a batch at a time."""
         dims = 3 * self.image_tokenizer.config.image_size**2
         results = []
-        for start in range(0, len(pixels), batch_size):
-            codes = self.image_tokenizer.encode(pixels[start : start + batch_size]).flatten(1)
+        for start in range(0, len(images), batch_size):
+            codes = self.image_tokenizer.encode(self._pixels(images[start : start + batch_size])).flatten(1)
             b = len(codes)
             text = self._text_tokens(captions[start : start + batch_size])
             if pmi:  # the caption and the empty caption in one batch

@@ -173,6 +173,22 @@ def test_num_candidates_keeps_the_plain_sample_with_the_highest_pmi(parts):
     assert ranked.seeds == [plain.seeds[i] for i in best]
     assert ranked.scores == pytest.approx(pmi.max(1).values.tolist(), rel=1e-5)
     assert plain.scores is None
+    # completion: every candidate keeps the primed rows, so the pick does too
+    image = plain.images[0]
+    primed = pipe.image_tokenizer.encode(pipe._pixels(image)).flatten(1)[:, :G]
+    done = pipe(["a blue square"], num_images_per_prompt=2, num_candidates=3, init_image=image, keep_rows=1, seed=1)
+    assert torch.equal(done.codes[:, :G], primed.expand(2, -1)) and done.scores is not None
+
+
+def test_num_candidates_samples_once_where_every_candidate_would_be_the_same(pipe, monkeypatch):
+    calls = []
+    monkeypatch.setattr(MiniDallePipeline, "_score", lambda self, *a, **k: calls.append(a) or [])
+    greedy = pipe(["a red circle"], num_images_per_prompt=2, temperature=0, num_candidates=4)
+    assert greedy.scores is None and not calls and len(greedy.images) == 2
+    assert torch.equal(greedy.codes, pipe(["a red circle"], num_images_per_prompt=2, temperature=0).codes)
+    image = greedy.images[0]
+    full = pipe(["a blue square"], init_image=image, keep_rows=G, num_candidates=4)
+    assert full.scores is None and not calls and len(full.images) == 1
 
 
 # --- reconstruct and score -------------------------------------------------------------------
@@ -213,9 +229,9 @@ def test_score_is_the_priors_image_nll(pipe):
     assert [r["log_prob"] for r in pipe.score(pixels, captions, batch_size=1)] == pytest.approx([r["log_prob"] for r in results])
     # pmi: how much the caption raises the likelihood over the empty caption
     uncond = pipe.prior.image_nll(pipe.prior.empty_text_tokens(2), codes)
-    for r, value in zip(results, uncond.tolist()):
+    for r, value, cond in zip(results, uncond.tolist(), nll.tolist()):
         assert r["log_prob_unconditional"] == pytest.approx(-value, rel=1e-6)
-        assert r["pmi"] == pytest.approx(r["log_prob"] - r["log_prob_unconditional"], rel=1e-6, abs=1e-4)
+        assert r["pmi"] == pytest.approx(value - cond, rel=1e-5, abs=1e-4)
     assert results[0]["pmi"] != pytest.approx(results[1]["pmi"])
     plain = pipe.score(pixels, captions, pmi=False)  # without the empty-caption pass
     assert [set(r) for r in plain] == [{"caption", "log_prob", "bits_per_dim"}] * 2
@@ -301,11 +317,12 @@ def test_check_prompts_normalises_and_rejects(caplog):
 def test_a_ten_thousand_character_prompt_is_truncated_with_a_warning_and_samples(pipe, caplog):
     huge = ("a small red circle in the top left " * 300)[:10_000]
     with caplog.at_level(logging.WARNING, logger="minidalle"):
-        out = pipe([huge, "a blue square"], seed=0)
+        out = pipe([huge, "a blue square"], seed=0, num_images_per_prompt=2, num_candidates=3, batch_size=4)
     messages = warnings_of(caplog)
     assert any("10000 characters" in m for m in messages)
-    assert any("1 prompt(s) longer than" in m for m in messages)
-    assert len(out.images) == 2 and out.images[0].size == (SIZE, SIZE)
+    # one warning for the one long prompt, not one per copy, sampling batch or scoring batch
+    assert [m for m in messages if "longer than" in m] == [f"1 prompt(s) longer than {L} text tokens were truncated"]
+    assert len(out.images) == 4 and out.images[0].size == (SIZE, SIZE)
     assert len(out.prompts[0]) == MAX_CAPTION_CHARS
 
 
@@ -338,6 +355,7 @@ def test_sample_main_writes_images_grids_and_a_manifest(folder, tmp_path):
             assert im.size == (2 * SIZE, SIZE)  # one row of the prompt's 2 images
     assert not (out / "grid-p002.png").exists()
     # the same command gives the same pictures as the pipeline, re-ranked among sample.py's default 8 candidates
+    # (this tiny model's candidates mostly tie; the ranking itself is tested in test_num_candidates_keeps_...)
     expected = MiniDallePipeline.from_pretrained(folder, device="cpu")(["a red circle", "a 🎨 blue square"], num_images_per_prompt=2, seed=3,
                                                                        num_candidates=8)
     assert all(r["num_candidates"] == 8 for r in rows)
