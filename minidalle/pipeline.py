@@ -180,7 +180,7 @@ class MiniDallePipeline:
         seeds = [base_seed + (i // batch_size) * batch_size for i in range(len(flat))]
         if num_candidates == 1:
             return PipelineOutput(images, codes.cpu(), flat, seeds)
-        pmi = torch.tensor([s["pmi"] for s in self._score(images, flat, batch_size, pmi=True)]).view(-1, num_candidates)
+        pmi = torch.tensor([s["pmi"] for s in self._score(images, flat, batch_size, pmi=True, progress=progress)]).view(-1, num_candidates)
         best = (torch.arange(len(pmi)) * num_candidates + pmi.argmax(1)).tolist()
         return PipelineOutput([images[i] for i in best], codes[best].cpu(), [flat[i] for i in best], [seeds[i] for i in best],
                               pmi.max(1).values.tolist())
@@ -214,11 +214,14 @@ class MiniDallePipeline:
         self._warn_long_prompts(captions)
         return self._score(images, captions, batch_size, pmi)
 
-    def _score(self, images, captions: list[str], batch_size: int, pmi: bool) -> list[dict]:
+    def _score(self, images, captions: list[str], batch_size: int, pmi: bool, progress: bool = False) -> list[dict]:
         """`score` for checked captions, one per image; images are brought to the device a batch at a time."""
+        from tqdm.auto import tqdm
+
         dims = 3 * self.image_tokenizer.config.image_size**2
         results = []
-        for start in range(0, len(images), batch_size):
+        chunks = range(0, len(images), batch_size)
+        for start in tqdm(chunks, desc="re-ranking", disable=not progress or len(chunks) < 2, leave=False):
             codes = self.image_tokenizer.encode(self._pixels(images[start : start + batch_size])).flatten(1)
             b = len(codes)
             text = self._text_tokens(captions[start : start + batch_size])

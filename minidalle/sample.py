@@ -28,7 +28,8 @@ class SampleArguments:
     top_p: float = arg(1.0, help="Nucleus sampling: the smallest set of codes with this total probability.")
     num_candidates: int = arg(8, help="Sample this many candidates per image and keep the one the model finds best explained by "
                                "its prompt (DALL-E's re-ranking, scored by the prior itself: see MiniDallePipeline.score's pmi). "
-                               "1: no re-ranking; sampling time grows with it. At --temperature 0 every candidate is the same, so one is sampled.")
+                               "1: no re-ranking; sampling time grows with it. At --temperature 0 every candidate is the "
+                               "same, so one is sampled.")
     seed: int = arg(0, help="Random seed: the same command gives the same images.")
     batch_size: int = arg(16, help="Images sampled together (with --num_candidates N, candidates: N per image).")
     compile: bool = arg(False, help="Run each sampling step through torch.compile: faster on a CPU (measured 1.6-1.8x at batch 8, "
