@@ -32,14 +32,10 @@ from minidalle.shapes_eval import judge  # noqa: E402
 
 
 @torch.inference_mode()
-def sampled_code_scores(pipe, prompts: list[str], codes: torch.Tensor, batch_size: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
-    """log p(codes | prompt) and log p(codes | empty prompt) of the codes as sampled: (n,), (n,)."""
-    cond, uncond = [], []
-    for start in range(0, len(codes), batch_size):
-        chunk = codes[start : start + batch_size].to(pipe.device)
-        cond.append(-pipe.prior.image_nll(pipe._text_tokens(prompts[start : start + batch_size]), chunk))
-        uncond.append(-pipe.prior.image_nll(pipe.prior.empty_text_tokens(len(chunk), pipe.device), chunk))
-    return torch.cat(cond).cpu(), torch.cat(uncond).cpu()
+def sampled_code_scores(pipe, prompts: list[str], codes: torch.Tensor, batch_size: int = 64) -> list[dict]:
+    """`pipe.score`'s figures (log_prob, pmi, ...) for the codes as sampled, not the decoded picture's."""
+    return [r for start in range(0, len(codes), batch_size)
+            for r in pipe._score_codes(codes[start : start + batch_size], prompts[start : start + batch_size], pmi=True)]
 
 
 def main() -> None:
@@ -61,14 +57,14 @@ def main() -> None:
     out = pipe(prompts, num_images_per_prompt=k, guidance_scale=args.guidance_scale, temperature=args.temperature,
                seed=0, batch_size=64)
     sampled = time.perf_counter()
-    log_prob, log_prob_empty = sampled_code_scores(pipe, out.prompts, out.codes)
+    sampled_scores = sampled_code_scores(pipe, out.prompts, out.codes)
     shown = pipe.score(out.images, out.prompts)
     scored = time.perf_counter()
     right = torch.tensor([float(judge(image, prompt)["all_correct"]) for image, prompt in zip(out.images, out.prompts)]).view(n, k)
     picks = {
         "first": torch.zeros(n, dtype=torch.long),
-        "log_prob": log_prob.view(n, k).argmax(1),
-        "pmi": (log_prob - log_prob_empty).view(n, k).argmax(1),
+        "log_prob": torch.tensor([s["log_prob"] for s in sampled_scores]).view(n, k).argmax(1),
+        "pmi": torch.tensor([s["pmi"] for s in sampled_scores]).view(n, k).argmax(1),
         "log_prob_shown": torch.tensor([s["log_prob"] for s in shown]).view(n, k).argmax(1),
         "pmi_shown": torch.tensor([s["pmi"] for s in shown]).view(n, k).argmax(1),
         "oracle": right.argmax(1),

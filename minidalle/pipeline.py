@@ -218,21 +218,26 @@ class MiniDallePipeline:
         """`score` for checked captions, one per image; images are brought to the device a batch at a time."""
         from tqdm.auto import tqdm
 
-        dims = 3 * self.image_tokenizer.config.image_size**2
         results = []
         chunks = range(0, len(images), batch_size)
         for start in tqdm(chunks, desc="re-ranking", disable=not progress or len(chunks) < 2, leave=False):
             codes = self.image_tokenizer.encode(self._pixels(images[start : start + batch_size])).flatten(1)
-            b = len(codes)
-            text = self._text_tokens(captions[start : start + batch_size])
-            if pmi:  # the caption and the empty caption in one batch
-                text, codes = torch.cat([text, self.prior.empty_text_tokens(b, self.device)]), codes.repeat(2, 1)
-            nll = self.prior.image_nll(text, codes).tolist()
-            for i, caption in enumerate(captions[start : start + batch_size]):
-                result = {"caption": caption, "log_prob": -nll[i], "bits_per_dim": nll[i] / (dims * math.log(2))}
-                if pmi:
-                    result.update(log_prob_unconditional=-nll[b + i], pmi=nll[b + i] - nll[i])
-                results.append(result)
+            results += self._score_codes(codes, captions[start : start + batch_size], pmi)
+        return results
+
+    def _score_codes(self, codes: torch.Tensor, captions: list[str], pmi: bool) -> list[dict]:
+        """`score`'s figures for image codes (b, N), one caption each, in one batched pass of the prior."""
+        b, dims = len(codes), 3 * self.image_tokenizer.config.image_size**2
+        text = self._text_tokens(captions)
+        if pmi:  # the caption and the empty caption in one batch
+            text, codes = torch.cat([text, self.prior.empty_text_tokens(b, self.device)]), codes.repeat(2, 1)
+        nll = self.prior.image_nll(text, codes.to(self.device)).tolist()
+        results = []
+        for i, caption in enumerate(captions):
+            result = {"caption": caption, "log_prob": -nll[i], "bits_per_dim": nll[i] / (dims * math.log(2))}
+            if pmi:
+                result.update(log_prob_unconditional=-nll[b + i], pmi=nll[b + i] - nll[i])
+            results.append(result)
         return results
 
     def rank_captions(self, image, candidates: Sequence[str]) -> list[tuple[str, float]]:
