@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """Prompts -> images with a minidalle pipeline (the bundled shapes model by default). See `python sample.py --help`."""
 
-from minidalle.args import run_main
-from minidalle.sample import main
+from minidalle.cli.args import run_main
+from minidalle.cli.sample import main
 
 if __name__ == "__main__":
     run_main(main)

@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """Stage 2: train (or fine-tune) the prior over text tokens + image codes. See `python train_prior.py --help`."""
 
-from minidalle.args import run_main
-from minidalle.train_prior import main
+from minidalle.cli.args import run_main
+from minidalle.cli.train_prior import main
 
 if __name__ == "__main__":
     run_main(main)

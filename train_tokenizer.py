@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """Stage 1: train the dVAE IMAGE tokenizer. See `python train_tokenizer.py --help`."""
 
-from minidalle.args import run_main
-from minidalle.train_tokenizer import main
+from minidalle.cli.args import run_main
+from minidalle.cli.train_tokenizer import main
 
 if __name__ == "__main__":
     run_main(main)

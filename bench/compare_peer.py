@@ -34,12 +34,12 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 import torch  # noqa: E402
-
-from minidalle.dvae import DiscreteVAE  # noqa: E402
-from minidalle.prior import Prior  # noqa: E402
-from minidalle.sampling import sample_codes  # noqa: E402
-from minidalle.training import native_bf16  # noqa: E402
 from run_all import PRIOR, TOKENIZER  # noqa: E402  (the peer benchmark's config, one definition)
+
+from minidalle.image_tokenizers import DiscreteVAE  # noqa: E402
+from minidalle.prior import Prior  # noqa: E402
+from minidalle.prior.sampling import sample_codes  # noqa: E402
+from minidalle.training.runtime import native_bf16  # noqa: E402
 
 PEER_SCRIPT = ROOT.parent / "shared" / "peer" / "peer_dalle_pytorch.py"
 BF16 = native_bf16(True)  # what --mixed_precision auto picks on this CPU
@@ -119,6 +119,7 @@ def ours(reps: int) -> dict[str, float]:
             c = sample_codes(sampler, text8, top_k=TOP_K, generator=g, guidance_scale=scale, compile=compiled)
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=BF16):
                 vae_bf16.decode(c)
+
         return run
 
     results["sample_tokens_per_s_b8"] = rate(8 * 64, timed(generate(1.0), 1, max(5, reps // 2)))
@@ -142,7 +143,9 @@ def peer(python: str, reps: int) -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--peer-python", default="/tmp/peer-venv/bin/python")
-    parser.add_argument("--rounds", type=int, default=2, help="alternating peer/ours rounds; the best of each side counts")
+    parser.add_argument(
+        "--rounds", type=int, default=2, help="alternating peer/ours rounds; the best of each side counts"
+    )
     parser.add_argument("--reps", type=int, default=10)
     args = parser.parse_args()
     if not Path(args.peer_python).exists():
@@ -155,28 +158,73 @@ def main() -> None:
         for key, value in ours(args.reps).items():
             best_ours[key] = max(best_ours.get(key, value), value)
     rows = [
-        ("sample_tokens_per_s_b8_vs_shipped", "sample_tokens_per_s_b8", "dalle_generate_img_tokens_per_s_b8", "img tok/s"),
-        ("sample_tokens_per_s_b8_vs_kvcache", "sample_tokens_per_s_b8", "dalle_generate_kvcache_path_img_tokens_per_s_b8", "img tok/s"),
-        ("sample_tokens_per_s_b8_compiled_vs_shipped", "sample_tokens_per_s_b8_compiled", "dalle_generate_img_tokens_per_s_b8", "img tok/s"),
-        ("sample_tokens_per_s_b8_compiled_vs_kvcache", "sample_tokens_per_s_b8_compiled", "dalle_generate_kvcache_path_img_tokens_per_s_b8",
-         "img tok/s"),
+        (
+            "sample_tokens_per_s_b8_vs_shipped",
+            "sample_tokens_per_s_b8",
+            "dalle_generate_img_tokens_per_s_b8",
+            "img tok/s",
+        ),
+        (
+            "sample_tokens_per_s_b8_vs_kvcache",
+            "sample_tokens_per_s_b8",
+            "dalle_generate_kvcache_path_img_tokens_per_s_b8",
+            "img tok/s",
+        ),
+        (
+            "sample_tokens_per_s_b8_compiled_vs_shipped",
+            "sample_tokens_per_s_b8_compiled",
+            "dalle_generate_img_tokens_per_s_b8",
+            "img tok/s",
+        ),
+        (
+            "sample_tokens_per_s_b8_compiled_vs_kvcache",
+            "sample_tokens_per_s_b8_compiled",
+            "dalle_generate_kvcache_path_img_tokens_per_s_b8",
+            "img tok/s",
+        ),
         ("prior_train_tokens_per_s", "prior_train_tokens_per_s", "dalle_train_tokens_per_s_b16", "tok/s"),
         ("tokenizer_train_steps_per_s", "tokenizer_train_steps_per_s", "vae_train_imgs_per_s_b32", "steps/s"),
-        ("tokenizer_train_steps_per_s_compiled", "tokenizer_train_steps_per_s_compiled", "vae_train_imgs_per_s_b32", "steps/s"),
+        (
+            "tokenizer_train_steps_per_s_compiled",
+            "tokenizer_train_steps_per_s_compiled",
+            "vae_train_imgs_per_s_b32",
+            "steps/s",
+        ),
         ("encode_imgs_per_s_b64", "encode_imgs_per_s_b64", "vae_encode_imgs_per_s_b64", "img/s"),
         ("decode_imgs_per_s_b64", "decode_imgs_per_s_b64", "vae_decode_imgs_per_s_b64", "img/s"),
     ]
-    machine = f"{os.cpu_count()} CPU cores, torch {torch.__version__}, 2 threads, {'bf16' if BF16 else 'fp32 (no native bf16)'}"
+    precision = "bf16" if BF16 else "fp32 (no native bf16)"
+    machine = f"{os.cpu_count()} CPU cores, torch {torch.__version__}, 2 threads, {precision}"
     for metric, our_key, peer_key, unit in rows:
         peer_value = best_peer.get(peer_key)
         if peer_key == "vae_train_imgs_per_s_b32" and peer_value:
             peer_value /= 32  # images per second at batch 32 -> steps per second
         ours_value = best_ours[our_key]
-        print(json.dumps({"metric": metric, "ours": round(ours_value, 3), "peer": round(peer_value, 3) if peer_value else None,
-                          "unit": unit, "ratio": round(ours_value / peer_value, 2) if peer_value else None, "machine": machine}))
+        print(
+            json.dumps(
+                {
+                    "metric": metric,
+                    "ours": round(ours_value, 3),
+                    "peer": round(peer_value, 3) if peer_value else None,
+                    "unit": unit,
+                    "ratio": round(ours_value / peer_value, 2) if peer_value else None,
+                    "machine": machine,
+                }
+            )
+        )
     for metric in ("sample_tokens_per_s_b8_guided", "sample_tokens_per_s_b8_guided_compiled"):
-        print(json.dumps({"metric": metric, "ours": round(best_ours[metric], 3), "peer": None, "unit": "img tok/s", "ratio": None,
-                          "machine": machine}))
+        print(
+            json.dumps(
+                {
+                    "metric": metric,
+                    "ours": round(best_ours[metric], 3),
+                    "peer": None,
+                    "unit": "img tok/s",
+                    "ratio": None,
+                    "machine": machine,
+                }
+            )
+        )
 
 
 if __name__ == "__main__":

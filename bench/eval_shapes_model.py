@@ -21,19 +21,22 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from minidalle.pipeline import MiniDallePipeline  # noqa: E402
-from minidalle.sample import SampleArguments  # noqa: E402
-from minidalle.shapes import PALETTE, generate_scene, render_scene  # noqa: E402
-from minidalle.shapes_eval import evaluate_manifest  # noqa: E402
+from minidalle.cli.sample import SampleArguments
+from minidalle.data.shapes import PALETTE, evaluate_manifest, generate_scene, render_scene
+from minidalle.pipeline import MiniDallePipeline
 
 
 def prompts_for(split: str, n: int, seed: int) -> list[str]:
     return [generate_scene(split, seed, i).caption for i in range(n)]
 
 
-def sample_and_judge(pipe, prompts: list[str], out: Path, guidance: float, seed: int, batch_size: int, **sampling) -> dict:
+def sample_and_judge(
+    pipe, prompts: list[str], out: Path, guidance: float, seed: int, batch_size: int, **sampling
+) -> dict:
     out.mkdir(parents=True, exist_ok=True)
-    result = pipe(prompts, num_images_per_prompt=1, guidance_scale=guidance, seed=seed, batch_size=batch_size, **sampling)
+    result = pipe(
+        prompts, num_images_per_prompt=1, guidance_scale=guidance, seed=seed, batch_size=batch_size, **sampling
+    )
     with open(out / "manifest.jsonl", "w") as f:
         for i, (image, prompt) in enumerate(zip(result.images, result.prompts)):
             image.save(out / f"{i:04d}.png")
@@ -75,18 +78,32 @@ def main() -> None:
     parser.add_argument("--temperature", type=float, default=defaults.temperature)
     parser.add_argument("--top-k", type=int, default=defaults.top_k)
     parser.add_argument("--top-p", type=float, default=defaults.top_p)
-    parser.add_argument("--num-candidates", type=int, default=defaults.num_candidates, help="re-ranked candidates per image (1: none)")
+    parser.add_argument(
+        "--num-candidates", type=int, default=defaults.num_candidates, help="re-ranked candidates per image (1: none)"
+    )
     parser.add_argument("--skip-rank", action="store_true", help="skip the rank_captions check")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--seed", type=int, default=defaults.seed)
     parser.add_argument("--out", default="runs/eval-model")
     parser.add_argument("--only", choices=["train_grammar", "zeroshot"], help="judge one prompt set only")
-    parser.add_argument("--zeroshot-seed", type=int, default=1002, help="another seed draws other zero-shot prompts (a sweep's validation set)")
+    parser.add_argument(
+        "--zeroshot-seed",
+        type=int,
+        default=1002,
+        help="another seed draws other zero-shot prompts (a sweep's validation set)",
+    )
     parser.add_argument("--no-guidance-off", action="store_true", help="skip the guidance 1 comparison")
-    parser.add_argument("--write-prompts", metavar="DIR", help="only write the prompt sets to DIR/<set>.txt (for sample.py --prompts_file)")
+    parser.add_argument(
+        "--write-prompts",
+        metavar="DIR",
+        help="only write the prompt sets to DIR/<set>.txt (for sample.py --prompts_file)",
+    )
     args = parser.parse_args()
 
-    sets = {"train_grammar": prompts_for("train", args.num_prompts, 1001), "zeroshot": prompts_for("zeroshot", args.num_prompts, args.zeroshot_seed)}
+    sets = {
+        "train_grammar": prompts_for("train", args.num_prompts, 1001),
+        "zeroshot": prompts_for("zeroshot", args.num_prompts, args.zeroshot_seed),
+    }
     if args.only:
         sets = {args.only: sets[args.only]}
     if args.write_prompts:
@@ -100,23 +117,49 @@ def main() -> None:
     for guidance in sorted({args.guidance_scale} if args.no_guidance_off else {1.0, args.guidance_scale}):
         for name, prompts in sets.items():
             start = time.perf_counter()
-            report = sample_and_judge(pipe, prompts, out / f"{name}-g{guidance:g}", guidance, args.seed, args.batch_size,
-                                      temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-                                      num_candidates=args.num_candidates)
+            report = sample_and_judge(
+                pipe,
+                prompts,
+                out / f"{name}-g{guidance:g}",
+                guidance,
+                args.seed,
+                args.batch_size,
+                temperature=args.temperature,
+                top_k=args.top_k,
+                top_p=args.top_p,
+                num_candidates=args.num_candidates,
+            )
             row = {
-                "set": name, "guidance_scale": guidance, "temperature": args.temperature, "top_k": args.top_k,
-                "top_p": args.top_p, "num_candidates": args.num_candidates, "images": report["images"],
-                "one_object_all_correct": report["all_correct_one"], "two_object_all_correct": report["all_correct_two"],
-                "relation_correct": report["accuracy"].get("relation"), "all_correct": report["all_correct"],
-                "accuracy": report["accuracy"], "seconds": round(time.perf_counter() - start, 1),
+                "set": name,
+                "guidance_scale": guidance,
+                "temperature": args.temperature,
+                "top_k": args.top_k,
+                "top_p": args.top_p,
+                "num_candidates": args.num_candidates,
+                "images": report["images"],
+                "one_object_all_correct": report["all_correct_one"],
+                "two_object_all_correct": report["all_correct_two"],
+                "relation_correct": report["accuracy"].get("relation"),
+                "all_correct": report["all_correct"],
+                "accuracy": report["accuracy"],
+                "seconds": round(time.perf_counter() - start, 1),
             }
             print(json.dumps(row), flush=True)
     if args.skip_rank:
         return
     start = time.perf_counter()
     accuracy = rank_colour_accuracy(pipe, args.num_rank, seed=1003)
-    print(json.dumps({"metric": "rank_captions_colour_accuracy", "value": accuracy, "images": args.num_rank,
-                      "seconds": round(time.perf_counter() - start, 1)}), flush=True)
+    print(
+        json.dumps(
+            {
+                "metric": "rank_captions_colour_accuracy",
+                "value": accuracy,
+                "images": args.num_rank,
+                "seconds": round(time.perf_counter() - start, 1),
+            }
+        ),
+        flush=True,
+    )
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Does the image tokenizer keep every attribute of held-out shapes images?
 
-    python bench/eval_tokenizer_shapes.py --tokenizer runs/shapes/tokenizer/image_tokenizer \
+    python bench/eval_tokenizer_shapes.py --image_tokenizer runs/shapes/tokenizer/image_tokenizer \
         [--heldout data/shapes-heldout] [--train data/shapes-train] [--out runs/eval-tokenizer]
 
 Reconstructs the held-out images through the codes (`minidalle reconstruct`),
@@ -20,8 +20,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from minidalle.encode import reconstruct_main  # noqa: E402
-from minidalle.shapes_eval import evaluate_manifest  # noqa: E402
+from minidalle.cli.codes import reconstruct_main
+from minidalle.data.shapes import evaluate_manifest
 
 
 def pixel_hashes(folder: Path) -> dict[str, str]:
@@ -37,14 +37,16 @@ def pixel_hashes(folder: Path) -> dict[str, str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tokenizer", required=True)
+    parser.add_argument("--image_tokenizer", "--tokenizer", required=True)
     parser.add_argument("--heldout", default="data/shapes-heldout")
     parser.add_argument("--train", default="data/shapes-train")
     parser.add_argument("--out", default="runs/eval-tokenizer")
-    parser.add_argument("--num", type=int, default=500, help="judge the first N held-out images unlike every training image")
+    parser.add_argument(
+        "--num", type=int, default=500, help="judge the first N held-out images unlike every training image"
+    )
     args = parser.parse_args()
     out = Path(args.out)
-    reconstruct_main(["--tokenizer", args.tokenizer, "--data", args.heldout, "--out", str(out)])
+    reconstruct_main(["--image_tokenizer", args.image_tokenizer, "--data", args.heldout, "--out", str(out)])
     train_hashes = set(pixel_hashes(Path(args.train)).values())
     heldout = pixel_hashes(Path(args.heldout))
     duplicates = {name for name, h in heldout.items() if h in train_hashes}
@@ -64,12 +66,20 @@ def main() -> None:
         errors.append(((a - b) ** 2).mean())
     psnr = float(-10 * np.log10(np.mean(errors)))
     recon = json.loads((out / "reconstruct.json").read_text())
-    print(json.dumps({
-        "images": report["images"], "duplicates_of_training_images_dropped": len(duplicates),
-        "psnr": round(psnr, 2), "codebook_usage": recon["codebook_usage"],
-        "one_object_all_correct": report["all_correct_one"], "two_object_all_correct": report["all_correct_two"],
-        "all_correct": report["all_correct"], "accuracy": report["accuracy"],
-    }))
+    print(
+        json.dumps(
+            {
+                "images": report["images"],
+                "duplicates_of_training_images_dropped": len(duplicates),
+                "psnr": round(psnr, 2),
+                "codebook_usage": recon["codebook_usage"],
+                "one_object_all_correct": report["all_correct_one"],
+                "two_object_all_correct": report["all_correct_two"],
+                "all_correct": report["all_correct"],
+                "accuracy": report["accuracy"],
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

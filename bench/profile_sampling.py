@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Where sampling's time goes: torch profiler table for one batch of sampling on the peer config.
 
-    python bench/profile_sampling.py [--batch-size 8] [--threads 2]
+python bench/profile_sampling.py [--batch-size 8] [--threads 2]
 """
 
 from __future__ import annotations
@@ -14,12 +14,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import torch  # noqa: E402
-from torch.profiler import profile  # noqa: E402
+import torch
+from run_all import PRIOR
+from torch.profiler import profile
 
-from minidalle.prior import Prior  # noqa: E402
-from minidalle.sampling import sample_codes  # noqa: E402
-from run_all import PRIOR  # noqa: E402
+from minidalle.prior import Prior
+from minidalle.prior.sampling import sample_codes
 
 
 def main() -> None:

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """The README's picture: samples of the bundled model (sample.py's defaults), one row per prompt.
 
-    python bench/readme_samples.py [--model DIR] [--out docs/samples.png]
+python bench/readme_samples.py [--model DIR] [--out docs/samples.png]
 """
 
 from __future__ import annotations
@@ -12,10 +12,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from PIL import Image, ImageDraw  # noqa: E402
+from PIL import Image, ImageDraw
 
-from minidalle.pipeline import MiniDallePipeline  # noqa: E402
-from minidalle.sample import SampleArguments  # noqa: E402
+from minidalle.cli.sample import SampleArguments
+from minidalle.pipeline import MiniDallePipeline
 
 PROMPTS = [
     "a small red circle in the top left",

@@ -23,19 +23,21 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import torch  # noqa: E402
+import torch
 
-from minidalle.pipeline import MiniDallePipeline  # noqa: E402
-from minidalle.sample import SampleArguments  # noqa: E402
-from minidalle.shapes import generate_scene  # noqa: E402
-from minidalle.shapes_eval import judge  # noqa: E402
+from minidalle.cli.sample import SampleArguments
+from minidalle.data.shapes import generate_scene, judge
+from minidalle.pipeline import MiniDallePipeline
 
 
 @torch.inference_mode()
 def sampled_code_scores(pipe, prompts: list[str], codes: torch.Tensor, batch_size: int = 64) -> list[dict]:
     """`pipe.score`'s figures (log_prob, pmi, ...) for the codes as sampled, not the decoded picture's."""
-    return [r for start in range(0, len(codes), batch_size)
-            for r in pipe._score_codes(codes[start : start + batch_size], prompts[start : start + batch_size], pmi=True)]
+    return [
+        r
+        for start in range(0, len(codes), batch_size)
+        for r in pipe._score_codes(codes[start : start + batch_size], prompts[start : start + batch_size], pmi=True)
+    ]
 
 
 def main() -> None:
@@ -54,13 +56,21 @@ def main() -> None:
     n, k = args.num_prompts, args.num_candidates
     prompts = [generate_scene(args.split, args.seed, i).caption for i in range(n)]
     start = time.perf_counter()
-    out = pipe(prompts, num_images_per_prompt=k, guidance_scale=args.guidance_scale, temperature=args.temperature,
-               seed=0, batch_size=64)
+    out = pipe(
+        prompts,
+        num_images_per_prompt=k,
+        guidance_scale=args.guidance_scale,
+        temperature=args.temperature,
+        seed=0,
+        batch_size=64,
+    )
     sampled = time.perf_counter()
     sampled_scores = sampled_code_scores(pipe, out.prompts, out.codes)
     shown = pipe.score(out.images, out.prompts)
     scored = time.perf_counter()
-    right = torch.tensor([float(judge(image, prompt)["all_correct"]) for image, prompt in zip(out.images, out.prompts)]).view(n, k)
+    right = torch.tensor(
+        [float(judge(image, prompt)["all_correct"]) for image, prompt in zip(out.images, out.prompts)]
+    ).view(n, k)
     picks = {
         "first": torch.zeros(n, dtype=torch.long),
         "log_prob": torch.tensor([s["log_prob"] for s in sampled_scores]).view(n, k).argmax(1),
@@ -69,8 +79,15 @@ def main() -> None:
         "pmi_shown": torch.tensor([s["pmi"] for s in shown]).view(n, k).argmax(1),
         "oracle": right.argmax(1),
     }
-    row = {"split": args.split, "seed": args.seed, "prompts": n, "candidates": k, "guidance_scale": args.guidance_scale,
-           "temperature": args.temperature, "mean_candidate": round(right.mean().item(), 4)}
+    row = {
+        "split": args.split,
+        "seed": args.seed,
+        "prompts": n,
+        "candidates": k,
+        "guidance_scale": args.guidance_scale,
+        "temperature": args.temperature,
+        "mean_candidate": round(right.mean().item(), 4),
+    }
     row.update({name: round(right.gather(1, pick[:, None]).mean().item(), 4) for name, pick in picks.items()})
     row.update({"sampling_s": round(sampled - start, 1), "scoring_s": round(scored - sampled, 1)})
     print(json.dumps(row), flush=True)

@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """The benchmark suite: one JSON line per figure, on this machine, in one run.
 
-    python bench/run_all.py [--threads 2] [--reps 10] [--plot docs/sampling-throughput.png] [--device cpu|cuda] [--no-compile]
+    python bench/run_all.py [--threads 2] [--reps 10] [--plot docs/sampling-throughput.png]
+                            [--device cpu|cuda] [--no-compile]
 
 Figures (the peer benchmark's config: prior width 256, 4 layers, 8 heads, 32 text + 64 image
 tokens; tokenizer 64x64, 512 codes, 3 down-samplings, width 64, 1 res-block):
@@ -34,13 +35,15 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from minidalle.dvae import DiscreteVAE, DVAEConfig  # noqa: E402
+from minidalle.image_tokenizers import DiscreteVAE, DVAEConfig  # noqa: E402
 from minidalle.prior import Prior, PriorConfig  # noqa: E402
-from minidalle.sampling import sample_codes  # noqa: E402
-from minidalle.training import native_bf16  # noqa: E402
+from minidalle.prior.sampling import sample_codes  # noqa: E402
+from minidalle.training.runtime import native_bf16  # noqa: E402
 
 # the peer benchmark's config (../shared/peer), also used by compare_peer.py and profile_sampling.py
-TOKENIZER = DVAEConfig(image_size=64, num_codes=512, codebook_dim=256, widths=[64, 64, 64], res_blocks=1, res_levels=1, stem=False)
+TOKENIZER = DVAEConfig(
+    image_size=64, num_codes=512, codebook_dim=256, widths=[64, 64, 64], res_blocks=1, res_levels=1, stem=False
+)
 PRIOR = PriorConfig(text_vocab_size=1000, text_len=32, num_image_codes=512, image_grid=8, dim=256, layers=4, heads=8)
 
 
@@ -82,7 +85,9 @@ def prior_flops_per_token(prior: Prior) -> float:
     + causal attention 6 x layers x dim x T (half of nanoGPT's 12, which counts the masked half too)."""
     cfg = prior.config
     blocks = sum(p.numel() for p in prior.blocks.parameters() if p.ndim >= 2)
-    head = (cfg.text_len * prior.text_head.weight.numel() + cfg.num_image_tokens * prior.image_head.weight.numel()) / cfg.seq_len
+    head = (
+        cfg.text_len * prior.text_head.weight.numel() + cfg.num_image_tokens * prior.image_head.weight.numel()
+    ) / cfg.seq_len
     return 6 * (blocks + head) + 6 * cfg.layers * cfg.dim * cfg.seq_len
 
 
@@ -114,7 +119,9 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=10)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--plot", default="", help="write a PNG of sampling throughput against batch size")
-    parser.add_argument("--no-compile", action="store_true", help="skip the compiled sampling figures (compilation takes minutes)")
+    parser.add_argument(
+        "--no-compile", action="store_true", help="skip the compiled sampling figures (compilation takes minutes)"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -123,7 +130,9 @@ def main() -> None:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     bf16 = native_bf16(cpu)
-    machine = (torch.cuda.get_device_name(device) if not cpu else f"{os.cpu_count()} CPU cores, {args.threads} threads") + f", torch {torch.__version__}"
+    machine = (
+        torch.cuda.get_device_name(device) if not cpu else f"{os.cpu_count()} CPU cores, {args.threads} threads"
+    ) + f", torch {torch.__version__}"
     emit("machine", machine, "", native_bf16=bf16)
 
     n = 4096 if not cpu else 1024
@@ -137,8 +146,15 @@ def main() -> None:
     for batch in (16, 64):
         for use_bf16 in sorted({False, bf16}):
             rate = prior_training(device, batch, use_bf16, args.reps)
-            emit("prior_train_tokens_per_s", rate, "tok/s", batch_size=batch, precision="bf16" if use_bf16 else "fp32",
-                 mfu_vs_fp32_peak=round(rate * flops / peak32, 4), mfu_vs_bf16_peak=round(rate * flops / peak16, 4))
+            emit(
+                "prior_train_tokens_per_s",
+                rate,
+                "tok/s",
+                batch_size=batch,
+                precision="bf16" if use_bf16 else "fp32",
+                mfu_vs_fp32_peak=round(rate * flops / peak32, 4),
+                mfu_vs_bf16_peak=round(rate * flops / peak16, 4),
+            )
 
     # ---- image tokenizer
     torch.manual_seed(0)
@@ -171,18 +187,34 @@ def main() -> None:
         for batch in (1, 8, 64):
             text = sampler.text_tokens(torch.randint(1, 1000, (batch, 32), device=device), pad_id=0)
             for scale in (1.0, 3.0):
-                def run():
+
+                def run(text=text, scale=scale, compiled=compiled):
                     generator = torch.Generator(device).manual_seed(0)
-                    c = sample_codes(sampler, text, top_k=154, generator=generator, guidance_scale=scale, compile=compiled)
+                    c = sample_codes(
+                        sampler, text, top_k=154, generator=generator, guidance_scale=scale, compile=compiled
+                    )
                     with torch.no_grad(), autocast(device, bf16):
                         vae.decode(c)
 
                 rate = batch * 64 / timed(run, device, 1, max(3, args.reps // 2))
-                label = f"guidance {scale:g}" + (" (2 passes)" if scale != 1 else "") + (", compiled" if compiled else "")
+                label = (
+                    f"guidance {scale:g}" + (" (2 passes)" if scale != 1 else "") + (", compiled" if compiled else "")
+                )
                 curve.setdefault(label, []).append((batch, rate))
-                emit("sample_image_tokens_per_s", rate, "img tok/s", batch_size=batch, guidance_scale=scale, compiled=compiled)
+                emit(
+                    "sample_image_tokens_per_s",
+                    rate,
+                    "img tok/s",
+                    batch_size=batch,
+                    guidance_scale=scale,
+                    compiled=compiled,
+                )
 
-    peak_memory = (torch.cuda.max_memory_allocated(device) if not cpu else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+    peak_memory = (
+        torch.cuda.max_memory_allocated(device)
+        if not cpu
+        else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    )
     emit("peak_memory", peak_memory / 2**20, "MiB", kind="allocated" if not cpu else "max resident set")
     if args.plot:
         plot(curve, Path(args.plot), machine)
@@ -199,9 +231,11 @@ def plot(curve: dict[str, list[tuple[int, float]]], path: Path, machine: str) ->
     draw = ImageDraw.Draw(image)
     batches = sorted({b for points in curve.values() for b, _ in points})
     ymax = max(r for points in curve.values() for _, r in points) * 1.1
+
     def xy(batch: int, rate: float) -> tuple[float, float]:
         fx = (math.log2(batch) - math.log2(batches[0])) / max(math.log2(batches[-1]) - math.log2(batches[0]), 1)
         return left + fx * (width - left - right), height - bottom - rate / ymax * (height - bottom - top)
+
     draw.line([(left, top), (left, height - bottom), (width - right, height - bottom)], fill="black")
     for b in batches:
         x, y = xy(b, 0)

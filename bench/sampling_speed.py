@@ -12,6 +12,7 @@ re-ranking (its default candidates) and without.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import statistics
 import sys
@@ -20,10 +21,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import torch  # noqa: E402
+import torch
 
-from minidalle.pipeline import MiniDallePipeline  # noqa: E402
-from minidalle.sample import SampleArguments  # noqa: E402
+from minidalle.cli.sample import SampleArguments
+from minidalle.pipeline import MiniDallePipeline
 
 
 def median_seconds(run, reps: int) -> float:
@@ -49,17 +50,48 @@ def main() -> None:
     prompt = "a small red circle in the top left"
     for batch in [int(b) for b in args.batch_sizes.split(",")]:
         for guidance in (1.0, 3.0):
-            run = lambda: pipe([prompt], num_images_per_prompt=batch, batch_size=batch, guidance_scale=guidance, seed=0)  # noqa: E731
+            run = functools.partial(
+                pipe, [prompt], num_images_per_prompt=batch, batch_size=batch, guidance_scale=guidance, seed=0
+            )
             seconds = median_seconds(run, args.reps)
-            print(json.dumps({"metric": "sample_image_tokens_per_s", "batch_size": batch, "guidance_scale": guidance,
-                              "value": round(batch * tokens_per_image / seconds, 1), "seconds_per_batch": round(seconds, 4),
-                              "threads": args.threads, "device": str(pipe.device)}), flush=True)
+            print(
+                json.dumps(
+                    {
+                        "metric": "sample_image_tokens_per_s",
+                        "batch_size": batch,
+                        "guidance_scale": guidance,
+                        "value": round(batch * tokens_per_image / seconds, 1),
+                        "seconds_per_batch": round(seconds, 4),
+                        "threads": args.threads,
+                        "device": str(pipe.device),
+                    }
+                ),
+                flush=True,
+            )
     d = SampleArguments()
     for candidates in sorted({1, d.num_candidates}):
-        run = lambda: pipe([prompt], num_images_per_prompt=d.num_images, guidance_scale=d.guidance_scale,  # noqa: E731
-                           temperature=d.temperature, batch_size=d.batch_size, seed=0, num_candidates=candidates)
-        print(json.dumps({"metric": "sample_py_defaults_seconds", "images": d.num_images, "num_candidates": candidates,
-                          "value": round(median_seconds(run, args.reps), 3), "threads": args.threads}), flush=True)
+        run = functools.partial(
+            pipe,
+            [prompt],
+            num_images_per_prompt=d.num_images,
+            guidance_scale=d.guidance_scale,
+            temperature=d.temperature,
+            batch_size=d.batch_size,
+            seed=0,
+            num_candidates=candidates,
+        )
+        print(
+            json.dumps(
+                {
+                    "metric": "sample_py_defaults_seconds",
+                    "images": d.num_images,
+                    "num_candidates": candidates,
+                    "value": round(median_seconds(run, args.reps), 3),
+                    "threads": args.threads,
+                }
+            ),
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -20,11 +20,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from PIL import Image  # noqa: E402
+from PIL import Image
 
-from minidalle.pipeline import MiniDallePipeline  # noqa: E402
-from minidalle.shapes import HELD_OUT, full_caption, generate_scene, render_scene  # noqa: E402
-from minidalle.shapes_eval import evaluate_manifest  # noqa: E402
+from minidalle.data.shapes import HELD_OUT, evaluate_manifest, full_caption, generate_scene, render_scene
+from minidalle.pipeline import MiniDallePipeline
 
 
 def judge(pipe, scenes, out: Path) -> dict:
@@ -49,16 +48,40 @@ def main() -> None:
         for split in args.splits.split(","):
             scenes = [generate_scene(split, args.seed, i) for i in range(args.num)]
             report = judge(pipe, scenes, Path(tmp) / split)
-            print(json.dumps({"split": split, "images": report["images"], "all_correct": report["all_correct"],
-                              "one_object_all_correct": report["all_correct_one"], "accuracy": report["accuracy"]}), flush=True)
+            print(
+                json.dumps(
+                    {
+                        "split": split,
+                        "images": report["images"],
+                        "all_correct": report["all_correct"],
+                        "one_object_all_correct": report["all_correct_one"],
+                        "accuracy": report["accuracy"],
+                    }
+                ),
+                flush=True,
+            )
             if split != "zeroshot":
                 continue
             for colour, shape in sorted(HELD_OUT):  # one-object scenes of each held-out pair
-                alone = [s for s in scenes if len(s.objects) == 1 and (s.objects[0].color, s.objects[0].shape) == (colour, shape)]
+                alone = [
+                    s
+                    for s in scenes
+                    if len(s.objects) == 1 and (s.objects[0].color, s.objects[0].shape) == (colour, shape)
+                ]
                 if alone:
                     r = judge(pipe, alone, Path(tmp) / f"{colour}-{shape}")
-                    print(json.dumps({"pair": f"{colour} {shape}", "images": r["images"], "all_correct": r["all_correct"],
-                                      "color": r["accuracy"]["color"], "shape": r["accuracy"]["shape"]}), flush=True)
+                    print(
+                        json.dumps(
+                            {
+                                "pair": f"{colour} {shape}",
+                                "images": r["images"],
+                                "all_correct": r["all_correct"],
+                                "color": r["accuracy"]["color"],
+                                "shape": r["accuracy"]["shape"],
+                            }
+                        ),
+                        flush=True,
+                    )
 
 
 if __name__ == "__main__":

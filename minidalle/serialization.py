@@ -9,69 +9,65 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
-import tempfile
 from dataclasses import asdict
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
-from .args import UserError
+from .errors import UserError
+from .folders import atomic_folder
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 
 
 def save_model_folder(folder: str | Path, kind: str, config: dict, state_dict: dict[str, torch.Tensor]) -> Path:
-    """Write `config.json` (with `kind`) and `model.safetensors` into `folder`, atomically.
-
-    The files are written into a temporary sibling folder which then replaces
-    `folder`, so a reader never sees a half-written model.
-    """
-    folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-    try:
+    """Write `config.json` (with `kind`) and `model.safetensors` into `folder`, atomically (`atomic_folder`)."""
+    with atomic_folder(folder) as tmp:
         tensors = {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}
         save_file(tensors, str(tmp / WEIGHTS_NAME), metadata={"kind": kind})
         (tmp / CONFIG_NAME).write_text(json.dumps({"kind": kind, **config}, indent=2, sort_keys=True) + "\n")
-        if folder.exists():
-            old = folder.with_name(folder.name + ".old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(folder, old)
-            os.replace(tmp, folder)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, folder)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return folder
+    return Path(folder)
+
+
+def _read_config_json(folder: Path, what: str) -> dict:
+    config_path = folder / CONFIG_NAME
+    if not folder.is_dir():
+        raise UserError(f"{folder}: no such folder (expected a saved {what})")
+    if not config_path.is_file():
+        raise UserError(f"{folder}: not a saved {what} (no {CONFIG_NAME})")
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UserError(f"{config_path}: not valid JSON ({exc})") from None
+    return config if isinstance(config, dict) else {}
+
+
+def read_kind(folder: str | Path, what: str) -> str:
+    """The `kind` recorded in `folder/config.json` ('unknown model' when there is none)."""
+    return _read_config_json(Path(folder), what).get("kind") or "unknown model"
 
 
 def read_config(folder: str | Path, kind: str) -> dict:
     """Read `folder/config.json` and check that it describes a model of `kind`."""
     folder = Path(folder)
-    config_path = folder / CONFIG_NAME
-    if not folder.is_dir():
-        raise UserError(f"{folder}: no such folder (expected a saved {kind})")
-    if not config_path.is_file():
-        raise UserError(f"{folder}: not a saved {kind} (no {CONFIG_NAME})")
-    try:
-        config = json.loads(config_path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise UserError(f"{config_path}: not valid JSON ({exc})") from None
-    found = config.pop("kind", None) if isinstance(config, dict) else None
+    config = _read_config_json(folder, kind)
+    found = config.pop("kind", None)
     if found != kind:
         raise UserError(f"{folder}: this folder holds a {found or 'unknown model'}, not a {kind}")
     return config
 
 
 def config_from_dict(config_class, values: dict, what: str):
-    """Build a config dataclass, refusing fields it does not know (a typo is an error, not a default)."""
+    """Build a config dataclass, refusing fields it does not know (a typo is an error, not a default).
+
+    Fields in the class's `LEGACY_FIELDS` (written by earlier versions, no longer used) are dropped.
+    """
     from dataclasses import fields
 
+    legacy = getattr(config_class, "LEGACY_FIELDS", ())
+    values = {k: v for k, v in values.items() if k not in legacy}
     unknown = sorted(set(values) - {f.name for f in fields(config_class)})
     if unknown:
         raise UserError(f"{what} config: unknown field(s) {', '.join(unknown)}")
@@ -94,7 +90,7 @@ def load_weights(folder: str | Path) -> dict[str, torch.Tensor]:
         raise UserError(f"{Path(folder)}: missing {WEIGHTS_NAME}")
     try:
         return load_file(str(path))
-    except Exception as exc:  # noqa: BLE001 - safetensors raises several types for bad files
+    except Exception as exc:
         raise UserError(f"{path}: cannot read weights ({exc})") from None
 
 

@@ -1,4 +1,4 @@
-"""The BPE *text* tokenizer (stage 2's captions; the *image* tokenizer is `minidalle.dvae`).
+"""The BPE *text* tokenizer (stage 2's captions; the *image* tokenizer is `minidalle.image_tokenizers`).
 
 A byte-level BPE trained with 🤗 `tokenizers` on the training captions
 (lower-cased, NFKC-normalised), wrapped as a `transformers.PreTrainedTokenizerFast`
@@ -15,14 +15,14 @@ position (DALL-E, section 2.2).
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import torch
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
-from .args import UserError
+from .errors import UserError
 
 logger = logging.getLogger("minidalle")
 
@@ -30,7 +30,9 @@ PAD_TOKEN = "<pad>"
 MAX_CAPTION_CHARS = 2000  # longer captions are cut before BPE (their tail would be truncated anyway)
 
 
-def train_text_tokenizer(captions: Iterable[str], vocab_size: int = 1000, min_frequency: int = 2) -> PreTrainedTokenizerFast:
+def train_text_tokenizer(
+    captions: Iterable[str], vocab_size: int = 1000, min_frequency: int = 2
+) -> PreTrainedTokenizerFast:
     """Train a lower-cased byte-level BPE on `captions`; returns a `PreTrainedTokenizerFast`."""
     tok = Tokenizer(models.BPE())
     tok.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Lowercase()])
@@ -54,7 +56,7 @@ def load_text_tokenizer(folder: str | Path) -> PreTrainedTokenizerFast:
         raise UserError(f"{folder}: not a saved text tokenizer (no tokenizer.json)")
     try:
         tok = PreTrainedTokenizerFast.from_pretrained(str(folder), local_files_only=True)
-    except Exception as exc:  # noqa: BLE001 - any failure here means a broken folder
+    except Exception as exc:
         raise UserError(f"{folder}: cannot load the text tokenizer ({exc})") from None
     if tok.pad_token_id is None:
         raise UserError(f"{folder}: the text tokenizer has no {PAD_TOKEN} token")
@@ -83,4 +85,6 @@ def encode_captions(
 
 def token_lengths(tokenizer: PreTrainedTokenizerFast, captions: Sequence[str]) -> list[int]:
     """How many BPE tokens each caption takes (to choose a text length)."""
-    return [len(ids) for ids in tokenizer([c[:MAX_CAPTION_CHARS] for c in captions], add_special_tokens=False)["input_ids"]]
+    return [
+        len(ids) for ids in tokenizer([c[:MAX_CAPTION_CHARS] for c in captions], add_special_tokens=False)["input_ids"]
+    ]

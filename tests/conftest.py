@@ -7,7 +7,7 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
-import pytest  # noqa: E402
+import pytest
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -21,10 +21,22 @@ def one_thread():
     torch.set_num_threads(before)
 
 
+@pytest.fixture(scope="module")
+def shapes_dir(request, tmp_path_factory):
+    """A shapes export (images/ + metadata.jsonl, seed 0) of the test module's `SHAPES_IMAGES` images (default 64);
+    read-only for tests (copy it to change it)."""
+    from minidalle.data.shapes import make_shapes
+
+    count = getattr(request.module, "SHAPES_IMAGES", 64)
+    out = tmp_path_factory.mktemp("shapes")
+    assert make_shapes(out, "train", count, seed=0, workers=1, progress=False) == count
+    return out
+
+
 @pytest.fixture
 def cxx_compiler():
     """Skip unless torch.compile can build CPU kernels (inductor needs a C++ compiler)."""
-    from minidalle.args import UserError, require_cpu_compiler
+    from minidalle.errors import UserError, require_cpu_compiler
 
     try:
         require_cpu_compiler("torch.compile")
@@ -45,8 +57,22 @@ def run_two_cpu_processes():
 
     def run(script: str, args: list[str], output_dir: Path) -> dict:
         env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(root)}
-        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", str(root / script), *args]
+        cmd = [
+            sys.executable,
+            "-m",
+            "accelerate.commands.launch",
+            "--multi_gpu",
+            "--num_processes",
+            "2",
+            "--num_machines",
+            "1",
+            "--mixed_precision",
+            "no",
+            "--dynamo_backend",
+            "no",
+            str(root / script),
+            *args,
+        ]
         result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
         assert result.returncode == 0, result.stderr[-3000:]
         return json.loads((Path(output_dir) / "run_summary.json").read_text())

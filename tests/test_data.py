@@ -18,9 +18,16 @@ import pytest
 import torch
 from PIL import Image
 
-from minidalle.args import UserError
-from minidalle.data import CaptionedImages, DataArguments, ImageTransform, load_captioned_dataset, load_image_tensor, to_rgb
-from minidalle.shapes import make_shapes
+from minidalle.data import (
+    CaptionedImages,
+    DataArguments,
+    ImageTransform,
+    load_captioned_dataset,
+    load_image_tensor,
+    to_rgb,
+)
+from minidalle.data.shapes import make_shapes
+from minidalle.errors import UserError
 
 NUM_SHAPES = 40
 
@@ -43,12 +50,7 @@ def offline(monkeypatch, tmp_path):
     monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf-cache")
 
 
-@pytest.fixture(scope="module")
-def shapes_dir(tmp_path_factory) -> Path:
-    """40 shapes images + metadata.jsonl; read-only for tests (copy it to change it)."""
-    out = tmp_path_factory.mktemp("shapes")
-    make_shapes(out, "train", NUM_SHAPES, seed=0, progress=False)
-    return out
+SHAPES_IMAGES = NUM_SHAPES  # the size of the shared `shapes_dir` fixture (conftest.py)
 
 
 def read_metadata(folder: Path) -> list[dict]:
@@ -402,7 +404,11 @@ def crop_origin(pixels: torch.Tensor) -> tuple[int, int]:
 
 @pytest.mark.parametrize("mode", ["RGBA", "LA", "P", "L", "CMYK", "I;16", "1"])
 def test_transform_gives_float_rgb_tensor_for_every_mode(mode):
-    image = Image.new("RGB", (40, 24), (200, 100, 50)).convert(mode) if mode != "I;16" else Image.new("I;16", (40, 24), 30000)
+    image = (
+        Image.new("RGB", (40, 24), (200, 100, 50)).convert(mode)
+        if mode != "I;16"
+        else Image.new("I;16", (40, 24), 30000)
+    )
     pixels = ImageTransform(16)(image)
     assert pixels.dtype == torch.float32
     assert pixels.shape == (3, 16, 16)

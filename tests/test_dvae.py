@@ -5,16 +5,17 @@ from __future__ import annotations
 import json
 import math
 import shutil
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
-from minidalle.args import UserError
-from minidalle.dvae import DiscreteVAE, DVAEConfig
-from minidalle.shapes import generate_scene, render_scene
-
+from minidalle.data.shapes import generate_scene, render_scene
+from minidalle.errors import UserError
+from minidalle.image_tokenizers import DiscreteVAE, DVAEConfig, tokenizer_loss
+from minidalle.image_tokenizers.losses import reconstruction_loss
 
 
 def tiny(**overrides) -> DiscreteVAE:
@@ -22,6 +23,22 @@ def tiny(**overrides) -> DiscreteVAE:
     values.update(overrides)
     torch.manual_seed(overrides.pop("seed", 0))
     return DiscreteVAE(DVAEConfig(**values))
+
+
+def train_pass(
+    model: DiscreteVAE, x: torch.Tensor, temperature: float = 1.0, kl_weight: float = 0.0
+) -> SimpleNamespace:
+    """A training forward pass and its objective, as the trainer computes them."""
+    out = model(x, temperature=temperature)
+    objective = tokenizer_loss(model, out, x, kl_weight)
+    return SimpleNamespace(
+        **vars(out),
+        loss=objective.loss,
+        recon_loss=objective.recon_loss,
+        kl=objective.terms.get("kl"),
+        commitment=objective.terms.get("commitment"),
+        codebook=objective.terms.get("codebook"),
+    )
 
 
 def images(n: int = 4, size: int = 16, seed: int = 1) -> torch.Tensor:
@@ -144,7 +161,9 @@ def test_bad_codes_raise_value_error():
 def test_gumbel_gradients_reach_encoder_and_codebook(straight_through):
     model = tiny(quantizer="gumbel", straight_through=straight_through)
     torch.manual_seed(0)
-    out = model(images(), temperature=0.9, kl_weight=0.0)  # no KL: the encoder learns only through the relaxation
+    out = train_pass(
+        model, images(), temperature=0.9, kl_weight=0.0
+    )  # no KL: the encoder learns only through the relaxation
     out.loss.backward()
     for name, grad in (("encoder", first_conv(model).weight.grad), ("codebook", model.codebook.weight.grad)):
         assert grad is not None, name
@@ -170,7 +189,9 @@ def test_gumbel_straight_through_forward_is_one_hot():
 
 def test_vq_straight_through_reaches_encoder_and_codebook_loss_reaches_codebook():
     model = tiny(quantizer="vq")
-    out = model(images(), kl_weight=0.0)  # beta 0: the encoder gets gradient only through the straight-through path
+    out = train_pass(
+        model, images(), kl_weight=0.0
+    )  # beta 0: the encoder gets gradient only through the straight-through path
     out.loss.backward()
     grad = first_conv(model).weight.grad
     assert grad is not None and torch.isfinite(grad).all() and grad.abs().sum() > 0
@@ -186,12 +207,15 @@ def test_vq_straight_through_reaches_encoder_and_codebook_loss_reaches_codebook(
 def test_vq_loss_is_recon_plus_codebook_plus_beta_commitment():
     model = tiny(quantizer="vq")
     beta = 0.25
-    out = model(images(), kl_weight=beta)
+    out = train_pass(model, images(), kl_weight=beta)
     # without EMA: ||sg[z]-e||^2 + beta*||z-sg[e]||^2, both equal to the reported commitment in value
-    assert out.loss.item() == pytest.approx(out.recon_loss.item() + (1 + beta) * out.kl.item(), rel=1e-5)
+    assert set(tokenizer_loss(model, model(images()), images()).terms) == {"codebook", "commitment"}
+    assert out.loss.item() == pytest.approx(out.recon_loss.item() + (1 + beta) * out.commitment.item(), rel=1e-5)
+    assert out.codebook.item() == pytest.approx(out.commitment.item(), rel=1e-6)
     ema = tiny(quantizer="vq", vq_ema=True)
-    out = ema(images(), kl_weight=beta)
-    assert out.loss.item() == pytest.approx(out.recon_loss.item() + beta * out.kl.item(), rel=1e-5)
+    out = train_pass(ema, images(), kl_weight=beta)
+    assert out.codebook is None  # the EMA updates the codebook: no codebook loss
+    assert out.loss.item() == pytest.approx(out.recon_loss.item() + beta * out.commitment.item(), rel=1e-5)
 
 
 def test_vq_ema_updates_the_codebook_in_training_only():
@@ -201,19 +225,19 @@ def test_vq_ema_updates_the_codebook_in_training_only():
     x = images(8)
     model.eval()
     before = model.codebook.weight.detach().clone()
-    count_before = model.ema_count.clone()
-    model(x, kl_weight=0.25)
+    count_before = model.quantizer.ema_count.clone()
+    train_pass(model, x, kl_weight=0.25)
     assert torch.equal(model.codebook.weight, before)
-    assert torch.equal(model.ema_count, count_before)
+    assert torch.equal(model.quantizer.ema_count, count_before)
 
     model.train()
-    out = model(x, kl_weight=0.25)
+    out = train_pass(model, x, kl_weight=0.25)
     after = model.codebook.weight.detach()
     assert not torch.equal(after, before)
     assert torch.isfinite(after).all()
     # used codes moved towards the encoder outputs; the counts decayed towards the batch counts
     counts = torch.bincount(out.codes.flatten(), minlength=model.num_codes).float()
-    assert torch.allclose(model.ema_count, 0.9 * count_before + 0.1 * counts)
+    assert torch.allclose(model.quantizer.ema_count, 0.9 * count_before + 0.1 * counts)
     # the encoder still learns (straight-through), the codebook does not get gradient
     out.loss.backward()
     assert first_conv(model).weight.grad.abs().sum() > 0
@@ -223,11 +247,11 @@ def test_vq_ema_updates_the_codebook_in_training_only():
 def test_vq_ema_restart_reseeds_dead_codes_from_encoder_outputs():
     model = tiny(quantizer="vq", vq_ema=True, vq_restart_dead=True, num_codes=64)
     model.train()
-    model.ema_count.fill_(1.0)
-    model.ema_count[10:] = 0.0  # pretend codes 10.. have been unused for a long time
+    model.quantizer.ema_count.fill_(1.0)
+    model.quantizer.ema_count[10:] = 0.0  # pretend codes 10.. have been unused for a long time
     with torch.no_grad():
-        model(images(8), kl_weight=0.25)
-    assert torch.all(model.ema_count[10:] > 0)  # re-seeded, so no longer dead
+        train_pass(model, images(8), kl_weight=0.25)
+    assert torch.all(model.quantizer.ema_count[10:] > 0)  # re-seeded, so no longer dead
     assert torch.isfinite(model.codebook.weight).all()
 
 
@@ -240,13 +264,13 @@ def test_kl_is_zero_for_uniform_logits_and_log_k_for_peaked():
     with torch.no_grad():
         conv.weight.zero_()
         conv.bias.zero_()
-    out = model(images(), temperature=1.0, kl_weight=1.0)
+    out = train_pass(model, images(), temperature=1.0, kl_weight=1.0)
     assert out.kl.item() == pytest.approx(0.0, abs=1e-6)
     assert out.loss.item() == pytest.approx(out.recon_loss.item(), abs=1e-6)
 
     with torch.no_grad():
         conv.bias[7] = 40.0
-    out = model(images(), temperature=1.0, kl_weight=1.0)
+    out = train_pass(model, images(), temperature=1.0, kl_weight=1.0)
     assert out.kl.item() == pytest.approx(math.log(32), rel=1e-4)
     assert torch.all(out.codes == 7)
 
@@ -254,7 +278,7 @@ def test_kl_is_zero_for_uniform_logits_and_log_k_for_peaked():
     p = torch.softmax(torch.linspace(-2, 3, 32), 0)
     with torch.no_grad():
         conv.bias.copy_(p.log())
-    out = model(images(), temperature=1.0, kl_weight=1.0)
+    out = train_pass(model, images(), temperature=1.0, kl_weight=1.0)
     assert out.kl.item() == pytest.approx(float((p * p.log()).sum()) + math.log(32), rel=1e-4)
 
 
@@ -263,7 +287,7 @@ def test_gumbel_loss_matches_a_hand_computation():
     x = images(3)
     beta, tau = 2.5, 0.7
     torch.manual_seed(123)
-    out = model(x, temperature=tau, kl_weight=beta)
+    out = train_pass(model, x, temperature=tau, kl_weight=beta)
 
     torch.manual_seed(123)  # the same Gumbel noise
     logits = model.encoder(x * 2 - 1).permute(0, 2, 3, 1)  # (B, h, w, K)
@@ -284,7 +308,7 @@ def test_gumbel_loss_matches_a_hand_computation():
 def test_kl_scale_is_the_papers_beta_over_192_at_64px_on_8x8():
     model = tiny(quantizer="gumbel", image_size=64, widths=[4, 4, 4], res_blocks=0)
     assert model.grid_size == 8
-    out = model(images(2, 64), temperature=1.0, kl_weight=3.0)
+    out = train_pass(model, images(2, 64), temperature=1.0, kl_weight=3.0)
     assert (out.loss - out.recon_loss).item() == pytest.approx(3.0 * out.kl.item() / 192, rel=1e-5)
 
 
@@ -305,7 +329,7 @@ def test_logit_laplace_runs_with_six_output_channels(quantizer):
     model = tiny(quantizer=quantizer, recon_loss="logit_laplace")
     assert model.decoder.net[-1].out_channels == 6
     x = images()
-    out = model(x, temperature=1.0, kl_weight=0.1)
+    out = train_pass(model, x, temperature=1.0, kl_weight=0.1)
     assert torch.isfinite(out.recon_loss) and torch.isfinite(out.loss)
     out.loss.backward()
     assert torch.isfinite(first_conv(model).weight.grad).all()
@@ -325,14 +349,14 @@ def test_logit_laplace_loss_prefers_the_right_mean():
     eps = 0.1
     target = torch.logit(x * (1 - 2 * eps) + eps)
     scale = torch.zeros_like(x)
-    exact = model._recon_loss(torch.cat([target, scale], 1), x)
-    off = model._recon_loss(torch.cat([target + 0.5, scale], 1), x)
+    exact = reconstruction_loss(torch.cat([target, scale], 1), x, "logit_laplace", 3)
+    off = reconstruction_loss(torch.cat([target + 0.5, scale], 1), x, "logit_laplace", 3)
     assert torch.isfinite(exact) and exact < off
     # at mu = logit(x'), log b = 0: nll = log 2 + log(x'(1-x'))
     xs = x * (1 - 2 * eps) + eps
     assert exact.item() == pytest.approx((math.log(2) + torch.log(xs * (1 - xs))).mean().item(), rel=1e-5)
     # and the decoded mean maps back to the pixel
-    assert torch.allclose(model._decode_output(torch.cat([target, scale], 1)), x, atol=1e-5)
+    assert torch.allclose(model._to_image(torch.cat([target, scale], 1)), x, atol=1e-5)
 
 
 # --- persistence -------------------------------------------------------------------------
@@ -340,14 +364,18 @@ def test_logit_laplace_loss_prefers_the_right_mean():
 
 @pytest.mark.parametrize(
     "overrides",
-    [dict(quantizer="gumbel"), dict(quantizer="vq", vq_ema=True), dict(recon_loss="logit_laplace", straight_through=True)],
+    [
+        dict(quantizer="gumbel"),
+        dict(quantizer="vq", vq_ema=True),
+        dict(recon_loss="logit_laplace", straight_through=True),
+    ],
     ids=["gumbel", "vq-ema", "logit-laplace"],
 )
 def test_save_and_load_round_trip(tmp_path, overrides):
     model = tiny(**overrides)
     if model.config.vq_ema:
         model.train()
-        model(images(8), kl_weight=0.25)  # move the EMA buffers away from their initial values
+        train_pass(model, images(8), kl_weight=0.25)  # move the EMA buffers away from their initial values
     model.eval()
     folder = model.save_pretrained(tmp_path / "tok")
     assert (folder / "config.json").is_file() and (folder / "model.safetensors").is_file()
@@ -449,11 +477,11 @@ def test_load_weights_with_missing_or_extra_tensors_raises_user_error(saved, cha
 
     weights = load_file(str(saved / "model.safetensors"))
     if change == "missing":
-        del weights["codebook.weight"]
+        del weights["quantizer.codebook.weight"]
     else:
-        weights["ema_count"] = torch.ones(16)
+        weights["quantizer.ema_count"] = torch.ones(16)
     save_file(weights, str(saved / "model.safetensors"))
-    assert ("codebook.weight" if change == "missing" else "ema_count") in _expect_user_error(saved)
+    assert ("quantizer.codebook.weight" if change == "missing" else "ema_count") in _expect_user_error(saved)
 
 
 @pytest.mark.parametrize(
@@ -511,7 +539,7 @@ def test_loss_falls_on_shapes(shapes_images, quantizer):
     losses = []
     for step in range(60):
         batch = x[(step * 16) % 64 :][:16]
-        out = model(batch, temperature=1.0, kl_weight=0.0 if quantizer == "gumbel" else 0.25)
+        out = train_pass(model, batch, temperature=1.0, kl_weight=0.0 if quantizer == "gumbel" else 0.25)
         optimizer.zero_grad()
         out.loss.backward()
         optimizer.step()

@@ -10,22 +10,17 @@ import pytest
 import torch
 from PIL import Image
 
-from minidalle.args import UserError
+from minidalle.cli.codes import codebook_main, reconstruct_main
 from minidalle.data import DataArguments
-from minidalle.dvae import DiscreteVAE, DVAEConfig
-from minidalle.encode import INFO_NAME, codebook_main, encode_to_disk, load_codes, reconstruct_main
-from minidalle.shapes import make_shapes
+from minidalle.errors import UserError
+from minidalle.image_tokenizers import DiscreteVAE, DVAEConfig
+from minidalle.training.encode import INFO_NAME, encode_to_disk, load_codes
 
 NUM_CODES = 17  # not a square: the sheet has ceil(sqrt(17)) = 5 tiles a row, 4 rows, 3 blank tiles
 SIZE = 32
 
 
-
-@pytest.fixture(scope="module")
-def shapes_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("shapes")
-    assert make_shapes(folder, "train", 20, seed=0, progress=False) == 20
-    return folder
+SHAPES_IMAGES = 20  # the size of the shared `shapes_dir` fixture (conftest.py)
 
 
 @pytest.fixture(scope="module")
@@ -186,7 +181,7 @@ def test_codebook_sheet_with_data_orders_codes_by_use(tmp_path, tokenizer_dir, t
 
 
 def test_codebook_without_tokenizer_raises_user_error(tmp_path):
-    with pytest.raises(UserError, match="--tokenizer"):
+    with pytest.raises(UserError, match="--image_tokenizer"):
         codebook_main(["--out", str(tmp_path / "x.png")])
 
 
@@ -195,7 +190,9 @@ def test_codebook_without_tokenizer_raises_user_error(tmp_path):
 
 def test_reconstruct_writes_images_and_a_manifest(tmp_path, tokenizer_dir, tokenizer, shapes_dir, metadata):
     out = tmp_path / "recon"
-    reconstruct_main(["--tokenizer", str(tokenizer_dir), "--data", str(shapes_dir), "--out", str(out), "--batch_size", "8"])
+    reconstruct_main(
+        ["--image_tokenizer", str(tokenizer_dir), "--data", str(shapes_dir), "--out", str(out), "--batch_size", "8"]
+    )
     lines = (out / "manifest.jsonl").read_text().splitlines()
     assert len(lines) == 20
     rows = [json.loads(line) for line in lines]
@@ -219,5 +216,5 @@ def test_reconstruct_writes_images_and_a_manifest(tmp_path, tokenizer_dir, token
 
 
 def test_reconstruct_requires_its_arguments(tmp_path, shapes_dir):
-    with pytest.raises(UserError, match="--tokenizer and --out"):
+    with pytest.raises(UserError, match="--image_tokenizer and --out"):
         reconstruct_main(["--data", str(shapes_dir), "--out", str(tmp_path / "r")])

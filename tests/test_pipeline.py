@@ -15,12 +15,12 @@ import torch
 from PIL import Image
 
 from minidalle import MiniDallePipeline
-from minidalle.args import UserError
-from minidalle.dvae import DiscreteVAE, DVAEConfig
+from minidalle.cli.sample import main as sample_main
+from minidalle.errors import UserError
+from minidalle.image_tokenizers import DiscreteVAE, DVAEConfig
 from minidalle.pipeline import check_prompts
-from minidalle.pipeline_io import INDEX_NAME, load_pipeline_parts, save_pipeline
+from minidalle.pipeline.io import INDEX_NAME, load_pipeline_parts, save_pipeline
 from minidalle.prior import Prior, PriorConfig
-from minidalle.sample import main as sample_main
 from minidalle.text import MAX_CAPTION_CHARS, encode_captions, train_text_tokenizer
 
 SIZE, K, G, L = 16, 32, 4, 8
@@ -32,18 +32,27 @@ CAPTIONS = [
 ] * 4
 
 
-
 def make_image_tokenizer(seed: int = 0, num_codes: int = K) -> DiscreteVAE:
     torch.manual_seed(seed)
-    return DiscreteVAE(DVAEConfig(image_size=SIZE, num_codes=num_codes, codebook_dim=8, widths=[8, 8], res_blocks=0)).eval()
+    return DiscreteVAE(
+        DVAEConfig(image_size=SIZE, num_codes=num_codes, codebook_dim=8, widths=[8, 8], res_blocks=0)
+    ).eval()
 
 
 def make_prior(text_vocab_size: int, image_tokenizer_hash: str, num_image_codes: int = K, seed: int = 0) -> Prior:
     torch.manual_seed(seed)
-    prior = Prior(PriorConfig(
-        text_vocab_size=text_vocab_size, text_len=L, num_image_codes=num_image_codes, image_grid=G,
-        dim=32, layers=2, heads=2, image_tokenizer_hash=image_tokenizer_hash,
-    ))
+    prior = Prior(
+        PriorConfig(
+            text_vocab_size=text_vocab_size,
+            text_len=L,
+            num_image_codes=num_image_codes,
+            image_grid=G,
+            dim=32,
+            layers=2,
+            heads=2,
+            image_tokenizer_hash=image_tokenizer_hash,
+        )
+    )
     with torch.no_grad():  # sharper, caption-dependent distributions than a fresh init gives
         prior.image_head.weight.mul_(10)
         prior.token_emb.weight.mul_(10)
@@ -86,12 +95,25 @@ def test_the_folder_holds_three_parts_and_an_index(folder, parts):
     assert {p.name for p in folder.iterdir()} == {INDEX_NAME, "image_tokenizer", "text_tokenizer", "prior"}
     index = json.loads((folder / INDEX_NAME).read_text())
     assert index["image_tokenizer_hash"] == image_tokenizer.codes_hash()
-    assert index["prior_hash"] == prior.content_hash()
+    assert index["_class_name"] == "MiniDallePipeline"
+    assert index["image_tokenizer"] == ["minidalle", "DiscreteVAE"] and index["prior"] == ["minidalle", "Prior"]
     assert (index["image_size"], index["image_grid"], index["num_image_codes"], index["text_len"]) == (SIZE, G, K, L)
     assert not list(folder.parent.glob(".pipeline.*"))  # the temporary folder is gone
     loaded_tok, _, loaded_prior = load_pipeline_parts(folder)
     assert loaded_tok.content_hash() == image_tokenizer.content_hash()
     assert loaded_prior.content_hash() == prior.content_hash()
+
+
+def test_an_index_that_names_another_pipeline_class_is_refused(folder, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(folder, copy)
+    index = json.loads((copy / INDEX_NAME).read_text())
+    (copy / INDEX_NAME).write_text(json.dumps({**index, "_class_name": "StableDiffusionPipeline"}))
+    with pytest.raises(UserError, match="StableDiffusionPipeline"):
+        load_pipeline_parts(copy)
+    (copy / INDEX_NAME).write_text("{not json")
+    with pytest.raises(UserError, match="model_index.json"):
+        load_pipeline_parts(copy)
 
 
 # --- sampling --------------------------------------------------------------------------------
@@ -226,7 +248,9 @@ def test_score_is_the_priors_image_nll(pipe):
     with pytest.raises(UserError, match="2 images but 3 captions"):
         pipe.score(pixels, ["a", "b", "c"])
     # small batches give the same figures
-    assert [r["log_prob"] for r in pipe.score(pixels, captions, batch_size=1)] == pytest.approx([r["log_prob"] for r in results])
+    assert [r["log_prob"] for r in pipe.score(pixels, captions, batch_size=1)] == pytest.approx(
+        [r["log_prob"] for r in results]
+    )
     # pmi: how much the caption raises the likelihood over the empty caption
     uncond = pipe.prior.image_nll(pipe.prior.empty_text_tokens(2), codes)
     for r, value, cond in zip(results, uncond.tolist(), nll.tolist()):
@@ -342,10 +366,28 @@ def read_manifest(out: Path) -> list[dict]:
 
 def test_sample_main_writes_images_grids_and_a_manifest(folder, tmp_path):
     out = tmp_path / "samples"
-    sample_main(["a red circle", "a 🎨 blue square", "--model", str(folder), "--out", str(out), "--num_images", "2", "--seed", "3"])
+    sample_main(
+        [
+            "a red circle",
+            "a 🎨 blue square",
+            "--model",
+            str(folder),
+            "--out",
+            str(out),
+            "--num_images",
+            "2",
+            "--seed",
+            "3",
+        ]
+    )
     rows = read_manifest(out)
     assert [r["prompt"] for r in rows] == ["a red circle"] * 2 + ["a 🎨 blue square"] * 2
-    assert [r["file"] for r in rows] == ["images/p000-i00.png", "images/p000-i01.png", "images/p001-i00.png", "images/p001-i01.png"]
+    assert [r["file"] for r in rows] == [
+        "images/p000-i00.png",
+        "images/p000-i01.png",
+        "images/p001-i00.png",
+        "images/p001-i01.png",
+    ]
     assert all(r["seed"] == 3 for r in rows)
     for r in rows:
         with Image.open(out / r["file"]) as im:
@@ -356,16 +398,30 @@ def test_sample_main_writes_images_grids_and_a_manifest(folder, tmp_path):
     assert not (out / "grid-p002.png").exists()
     # the same command gives the same pictures as the pipeline, re-ranked among sample.py's default 8 candidates
     # (this tiny model's candidates mostly tie; the ranking itself is tested in test_num_candidates_keeps_...)
-    expected = MiniDallePipeline.from_pretrained(folder, device="cpu")(["a red circle", "a 🎨 blue square"], num_images_per_prompt=2, seed=3,
-                                                                       num_candidates=8)
+    expected = MiniDallePipeline.from_pretrained(folder, device="cpu")(
+        ["a red circle", "a 🎨 blue square"], num_images_per_prompt=2, seed=3, num_candidates=8
+    )
     assert all(r["num_candidates"] == 8 for r in rows)
     assert [r["pmi"] for r in rows] == pytest.approx(expected.scores, abs=1e-3)
     for r, image in zip(rows, expected.images):
         with Image.open(out / r["file"]) as im:
             assert im.convert("RGB").tobytes() == image.tobytes()
     # --num_candidates 1: no re-ranking, no score
-    sample_main(["a red circle", "--model", str(folder), "--out", str(tmp_path / "plain"), "--num_images", "2", "--seed", "3",
-                 "--num_candidates", "1"])
+    sample_main(
+        [
+            "a red circle",
+            "--model",
+            str(folder),
+            "--out",
+            str(tmp_path / "plain"),
+            "--num_images",
+            "2",
+            "--seed",
+            "3",
+            "--num_candidates",
+            "1",
+        ]
+    )
     plain = read_manifest(tmp_path / "plain")
     assert [(r["num_candidates"], r["pmi"]) for r in plain] == [(1, None), (1, None)]
     unranked = MiniDallePipeline.from_pretrained(folder, device="cpu")("a red circle", num_images_per_prompt=2, seed=3)
@@ -380,7 +436,20 @@ def test_sample_main_compile_gives_the_eager_pictures(folder, tmp_path, cxx_comp
     eager, compiled = tmp_path / "eager", tmp_path / "compiled"
     for out, extra in ((eager, []), (compiled, ["--compile"])):
         graphs = counters["stats"]["unique_graphs"]
-        sample_main(["a red circle", "--model", str(folder), "--out", str(out), "--num_images", "3", "--temperature", "0", *extra])
+        sample_main(
+            [
+                "a red circle",
+                "--model",
+                str(folder),
+                "--out",
+                str(out),
+                "--num_images",
+                "3",
+                "--temperature",
+                "0",
+                *extra,
+            ]
+        )
         assert (counters["stats"]["unique_graphs"] > graphs) == bool(extra)  # --compile, and only it, compiles
     for r in read_manifest(eager):
         with Image.open(eager / r["file"]) as a, Image.open(compiled / r["file"]) as b:
@@ -391,7 +460,13 @@ def test_compile_pads_a_short_last_batch_to_one_shape(pipe, cxx_compiler):
     from torch._dynamo.utils import counters
 
     graphs = counters["stats"]["unique_graphs"]
-    out = pipe(["a red circle", "a blue square", "a green circle"], batch_size=2, guidance_scale=1.0, temperature=0, compile=True)
+    out = pipe(
+        ["a red circle", "a blue square", "a green circle"],
+        batch_size=2,
+        guidance_scale=1.0,
+        temperature=0,
+        compile=True,
+    )
     assert counters["stats"]["unique_graphs"] == graphs + 1  # batches of 2 and 1 (padded to 2): one compiled shape
     assert len(out.images) == 3 and out.prompts == ["a red circle", "a blue square", "a green circle"]
     eager = pipe(["a red circle", "a blue square", "a green circle"], batch_size=2, guidance_scale=1.0, temperature=0)
@@ -409,7 +484,19 @@ def test_sample_main_reads_a_prompts_file(folder, tmp_path):
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a red circle\n\n   \na green star  \n", encoding="utf-8")
     out = tmp_path / "samples"
-    sample_main(["a blue square", "--prompts_file", str(prompts), "--model", str(folder), "--out", str(out), "--num_images", "1"])
+    sample_main(
+        [
+            "a blue square",
+            "--prompts_file",
+            str(prompts),
+            "--model",
+            str(folder),
+            "--out",
+            str(out),
+            "--num_images",
+            "1",
+        ]
+    )
     rows = read_manifest(out)
     assert [r["prompt"] for r in rows] == ["a blue square", "a red circle", "a green star"]
     assert all((out / r["file"]).is_file() for r in rows)
@@ -424,7 +511,9 @@ def test_sample_main_without_prompts_is_a_user_error(folder, tmp_path):
     with pytest.raises(UserError, match="at least one prompt"):
         sample_main(["--prompts_file", str(empty), "--model", str(folder), "--out", str(tmp_path / "y")])
     with pytest.raises(UserError, match="no such file"):
-        sample_main(["--prompts_file", str(tmp_path / "nope.txt"), "--model", str(folder), "--out", str(tmp_path / "z")])
+        sample_main(
+            ["--prompts_file", str(tmp_path / "nope.txt"), "--model", str(folder), "--out", str(tmp_path / "z")]
+        )
     with pytest.raises(UserError, match="prompt 1 is empty"):
         sample_main(["   ", "--model", str(folder), "--out", str(tmp_path / "w")])
     with pytest.raises(UserError, match="--num_images"):
@@ -435,7 +524,7 @@ def test_sample_main_without_prompts_is_a_user_error(folder, tmp_path):
 
 
 def test_export_in_float16_loads_and_samples(folder, tmp_path):
-    from minidalle.pipeline_io import export_pipeline
+    from minidalle.pipeline.io import export_pipeline
 
     out = export_pipeline(folder, tmp_path / "small", "float16")
     size = lambda d: sum(f.stat().st_size for f in d.rglob("*.safetensors"))  # noqa: E731
@@ -445,7 +534,7 @@ def test_export_in_float16_loads_and_samples(folder, tmp_path):
 
 
 def test_export_swaps_in_a_decoder_finetuned_tokenizer_but_refuses_another(folder, parts, tmp_path):
-    from minidalle.pipeline_io import export_pipeline
+    from minidalle.pipeline.io import export_pipeline
 
     tuned = make_image_tokenizer()
     with torch.no_grad():
@@ -465,15 +554,19 @@ def test_numpy_images_score_like_pil_images(pipe):
 
     image = pipe(["a red circle"], num_images_per_prompt=1).images[0]
     as_array = np.asarray(image)
-    assert pipe.score([as_array], ["a red circle"])[0]["log_prob"] == pytest.approx(pipe.score([image], ["a red circle"])[0]["log_prob"])
-    assert pipe.rank_captions(as_array, ["a red circle", "a blue square"]) == pipe.rank_captions(image, ["a red circle", "a blue square"])
+    assert pipe.score([as_array], ["a red circle"])[0]["log_prob"] == pytest.approx(
+        pipe.score([image], ["a red circle"])[0]["log_prob"]
+    )
+    assert pipe.rank_captions(as_array, ["a red circle", "a blue square"]) == pipe.rank_captions(
+        image, ["a red circle", "a blue square"]
+    )
 
 
 # --- minidalle score ---------------------------------------------------------------------------
 
 
 def test_score_cli_prints_log_prob_bits_and_pmi_or_a_ranking(folder, pipe, tmp_path, capsys):
-    from minidalle.score import score_main
+    from minidalle.cli.score import score_main
 
     image = pipe("a red circle", seed=4).images[0]
     image.save(tmp_path / "a.png")
@@ -483,9 +576,13 @@ def test_score_cli_prints_log_prob_bits_and_pmi_or_a_ranking(folder, pipe, tmp_p
     assert printed["image"] == str(tmp_path / "a.png")
     for key in ("log_prob", "bits_per_dim", "log_prob_unconditional", "pmi"):
         assert printed[key] == pytest.approx(expected[key], rel=1e-5, abs=1e-5)
-    score_main([str(tmp_path / "a.png"), "--candidates", "a blue square|a red circle", "--model", str(folder), "--json"])
+    score_main(
+        [str(tmp_path / "a.png"), "--candidates", "a blue square|a red circle", "--model", str(folder), "--json"]
+    )
     ranking = json.loads(capsys.readouterr().out)["ranking"]
-    assert [r["caption"] for r in ranking] == [c for c, _ in pipe.rank_captions(image, ["a blue square", "a red circle"])]
+    assert [r["caption"] for r in ranking] == [
+        c for c, _ in pipe.rank_captions(image, ["a blue square", "a red circle"])
+    ]
     with pytest.raises(UserError, match="either --caption or --candidates"):
         score_main([str(tmp_path / "a.png"), "--model", str(folder)])
     with pytest.raises(UserError, match="missing.png: no such image file"):

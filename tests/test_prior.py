@@ -6,13 +6,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from minidalle.args import UserError
-from minidalle.dvae import DiscreteVAE, DVAEConfig
+from minidalle.errors import UserError
+from minidalle.image_tokenizers import DiscreteVAE, DVAEConfig
 from minidalle.prior import Prior, PriorConfig
 
 V, L, K, G = 50, 8, 32, 4
 N = G * G
-
 
 
 def tiny_config(**overrides) -> PriorConfig:
@@ -121,7 +120,9 @@ def test_loss_is_the_weighted_mean_of_text_and_image_cross_entropy(w):
     assert out.loss.item() == pytest.approx(((loss_text + w * loss_image) / (1 + w)).item(), rel=1e-6)
     # the same from the joint-vocabulary view (-inf outside the part contributes nothing)
     joint_targets = torch.cat([text, codes + prior.config.image_offset], dim=1)
-    per_token = F.cross_entropy(out.logits.reshape(-1, prior.config.vocab_size), joint_targets.reshape(-1), reduction="none").view(3, -1)
+    per_token = F.cross_entropy(
+        out.logits.reshape(-1, prior.config.vocab_size), joint_targets.reshape(-1), reduction="none"
+    ).view(3, -1)
     by_hand = (per_token[:, :L].mean() + w * per_token[:, L:].mean()) / (1 + w)
     assert out.loss.item() == pytest.approx(by_hand.item(), rel=1e-6)
 

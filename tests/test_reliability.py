@@ -20,23 +20,19 @@ import pytest
 import torch
 from accelerate.state import AcceleratorState
 
-import minidalle.training as training
-from minidalle.args import UserError
-from minidalle.dvae import DiscreteVAE, DVAEConfig
+import minidalle.training.checkpoints as checkpointing
+import minidalle.training.runtime as runtime
+from minidalle.cli.train_prior import main as prior_main
+from minidalle.cli.train_tokenizer import main as tokenizer_main
+from minidalle.errors import UserError
+from minidalle.image_tokenizers import DiscreteVAE, DVAEConfig
 from minidalle.prior import Prior
-from minidalle.shapes import make_shapes
-from minidalle.train_prior import main as prior_main
-from minidalle.train_tokenizer import main as tokenizer_main
 
 ROOT = Path(__file__).resolve().parents[1]
 STEPS = 12
 
 
-@pytest.fixture(scope="module")
-def shapes_dir(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("shapes")
-    make_shapes(out, "train", 64, seed=0, workers=1, progress=False)
-    return out
+SHAPES_IMAGES = 64  # the size of the shared `shapes_dir` fixture (conftest.py)
 
 
 @pytest.fixture(scope="module")
@@ -47,22 +43,83 @@ def image_tokenizer_dir(tmp_path_factory) -> Path:
 
 
 def tokenizer_args(data: Path, out: Path, *extra: str) -> list[str]:
-    return ["--data", str(data), "--output_dir", str(out), "--preset", "tiny", "--resolution", "32",
-            "--batch_size", "8", "--learning_rate", "3e-3", "--warmup_steps", "2", "--logging_steps", "1",
-            "--image_steps", "0", "--eval_examples", "8", "--mixed_precision", "no", "--max_steps", str(STEPS),
-            "--checkpointing_steps", "3", "--checkpoints_total_limit", "2", *extra]
+    return [
+        "--data",
+        str(data),
+        "--output_dir",
+        str(out),
+        "--preset",
+        "tiny",
+        "--resolution",
+        "32",
+        "--batch_size",
+        "8",
+        "--learning_rate",
+        "3e-3",
+        "--warmup_steps",
+        "2",
+        "--logging_steps",
+        "1",
+        "--image_steps",
+        "0",
+        "--eval_examples",
+        "8",
+        "--mixed_precision",
+        "no",
+        "--max_steps",
+        str(STEPS),
+        "--checkpointing_steps",
+        "3",
+        "--checkpoints_total_limit",
+        "2",
+        *extra,
+    ]
 
 
 def prior_args(data: Path, out: Path, image_tokenizer: Path, *extra: str) -> list[str]:
-    return ["--data", str(data), "--output_dir", str(out), "--image_tokenizer", str(image_tokenizer), "--preset", "tiny",
-            "--text_len", "16", "--text_vocab_size", "300", "--batch_size", "8", "--learning_rate", "3e-3",
-            "--warmup_steps", "2", "--logging_steps", "1", "--image_steps", "0", "--eval_steps", "0",
-            "--mixed_precision", "no", "--max_steps", str(STEPS), "--checkpointing_steps", "3",
-            "--checkpoints_total_limit", "2", *extra]
+    return [
+        "--data",
+        str(data),
+        "--output_dir",
+        str(out),
+        "--image_tokenizer",
+        str(image_tokenizer),
+        "--preset",
+        "tiny",
+        "--text_len",
+        "16",
+        "--text_vocab_size",
+        "300",
+        "--batch_size",
+        "8",
+        "--learning_rate",
+        "3e-3",
+        "--warmup_steps",
+        "2",
+        "--logging_steps",
+        "1",
+        "--image_steps",
+        "0",
+        "--eval_steps",
+        "0",
+        "--mixed_precision",
+        "no",
+        "--max_steps",
+        str(STEPS),
+        "--checkpointing_steps",
+        "3",
+        "--checkpoints_total_limit",
+        "2",
+        *extra,
+    ]
 
 
 TRAINERS = {
-    "tokenizer": ("train_tokenizer.py", tokenizer_args, lambda out: DiscreteVAE.from_pretrained(out / "image_tokenizer")),
+    "tokenizer": (
+        "train_tokenizer.py",
+        tokenizer_args,
+        lambda out: DiscreteVAE.from_pretrained(out / "image_tokenizer"),
+    ),
     "prior": ("train_prior.py", prior_args, lambda out: Prior.from_pretrained(out / "pipeline" / "prior")),
 }
 
@@ -105,7 +162,9 @@ def same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
 
 
 @pytest.mark.parametrize("name", ["tokenizer", "prior"])
-def test_sigkill_at_a_random_step_then_resume_gives_the_uninterrupted_weights(name, shapes_dir, image_tokenizer_dir, tmp_path):
+def test_sigkill_at_a_random_step_then_resume_gives_the_uninterrupted_weights(
+    name, shapes_dir, image_tokenizer_dir, tmp_path
+):
     script, _, load = TRAINERS[name]
     full = tmp_path / "full"
     run_in_process(name, trainer_argv(name, shapes_dir, image_tokenizer_dir, full))
@@ -125,13 +184,17 @@ def test_sigkill_at_a_random_step_then_resume_gives_the_uninterrupted_weights(na
                 break
             time.sleep(0.02)
         proc.wait(timeout=60)
-    assert proc.returncode == -signal.SIGKILL, f"{where}: the run ended first: {(tmp_path / 'stderr.txt').read_text()[-2000:]}"
-    checkpoints = training.checkpoint_dirs(killed)
+    assert proc.returncode == -signal.SIGKILL, (
+        f"{where}: the run ended first: {(tmp_path / 'stderr.txt').read_text()[-2000:]}"
+    )
+    checkpoints = checkpointing.checkpoint_dirs(killed)
     assert checkpoints, f"{where}: no checkpoint survived the kill"
     saved_step = int(checkpoints[-1].name.split("-")[1])
     assert 3 <= saved_step <= logged_steps(killed)[-1] < STEPS, where
 
-    run_in_process(name, trainer_argv(name, shapes_dir, image_tokenizer_dir, killed, "--resume_from_checkpoint", "latest"))
+    run_in_process(
+        name, trainer_argv(name, shapes_dir, image_tokenizer_dir, killed, "--resume_from_checkpoint", "latest")
+    )
     assert logged_steps(killed)[-1] == STEPS
     assert same_weights(load(full), load(killed)), f"{where}: resumed from step {saved_step}"
 
@@ -156,22 +219,34 @@ runpy.run_path(sys.argv[0], run_name="__main__")
 """
 
 
-def test_a_kill_during_a_save_leaves_the_previous_checkpoint_and_resume_is_exact(shapes_dir, image_tokenizer_dir, tmp_path):
+def test_a_kill_during_a_save_leaves_the_previous_checkpoint_and_resume_is_exact(
+    shapes_dir, image_tokenizer_dir, tmp_path
+):
     full = tmp_path / "full"
     run_in_process("tokenizer", tokenizer_args(shapes_dir, full))
     out = tmp_path / "killed"
     wrapper = tmp_path / "save_then_die.py"
     wrapper.write_text(SAVE_THEN_DIE)
-    result = subprocess.run([sys.executable, str(wrapper), str(ROOT / "train_tokenizer.py"), *tokenizer_args(shapes_dir, out)],
-                            env=env(), capture_output=True, text=True, timeout=180)
+    result = subprocess.run(
+        [sys.executable, str(wrapper), str(ROOT / "train_tokenizer.py"), *tokenizer_args(shapes_dir, out)],
+        env=env(),
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert result.returncode == -signal.SIGKILL, result.stderr[-2000:]
-    root = out / training.CHECKPOINTS_DIR
-    assert sorted(p.name for p in root.iterdir()) == [".tmp-step-0000006", "step-0000003"]  # the partial save is not a checkpoint
-    assert training.resolve_checkpoint(out, "latest").name == "step-0000003"
+    root = out / checkpointing.CHECKPOINTS_DIR
+    assert sorted(p.name for p in root.iterdir()) == [
+        ".tmp-step-0000006",
+        "step-0000003",
+    ]  # the partial save is not a checkpoint
+    assert checkpointing.resolve_checkpoint(out, "latest").name == "step-0000003"
 
     run_in_process("tokenizer", tokenizer_args(shapes_dir, out, "--resume_from_checkpoint", "latest"))
     assert logged_steps(out)[0] == 1 and logged_steps(out)[-1] == STEPS
-    assert same_weights(DiscreteVAE.from_pretrained(full / "image_tokenizer"), DiscreteVAE.from_pretrained(out / "image_tokenizer"))
+    assert same_weights(
+        DiscreteVAE.from_pretrained(full / "image_tokenizer"), DiscreteVAE.from_pretrained(out / "image_tokenizer")
+    )
     assert not (root / ".tmp-step-0000006").exists()  # the next save at step 6 replaced the leftover
 
 
@@ -186,7 +261,7 @@ def poison_tokenizer_loss(monkeypatch, bad_calls: set[int], value: float) -> Non
     def forward(self, *args, **kwargs):
         out = original(self, *args, **kwargs)
         if self.training and calls[0] in bad_calls:
-            out.loss = out.loss * value
+            out.decoded = out.decoded * value  # so the reconstruction loss, and the objective, are non-finite
         calls[0] += 1
         return out
 
@@ -200,8 +275,12 @@ def test_a_non_finite_step_is_skipped_counted_and_training_goes_on(value, shapes
     run_in_process("tokenizer", tokenizer_args(shapes_dir, out))
     rows = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     by_step = {r["step"]: r for r in rows if "lr" in r}
-    assert sorted(by_step) == list(range(1, STEPS + 1))  # the skipped step still counts: schedules and data stay in step
-    assert by_step[4]["skipped_steps"] == 0 and by_step[5]["skipped_steps"] == 1 and by_step[STEPS]["skipped_steps"] == 1
+    assert sorted(by_step) == list(
+        range(1, STEPS + 1)
+    )  # the skipped step still counts: schedules and data stay in step
+    assert (
+        by_step[4]["skipped_steps"] == 0 and by_step[5]["skipped_steps"] == 1 and by_step[STEPS]["skipped_steps"] == 1
+    )
     assert "loss" not in by_step[5]  # the bad step's metrics are dropped, not averaged in
     assert "non-finite" in caplog.text
     weights = DiscreteVAE.from_pretrained(out / "image_tokenizer").state_dict()
@@ -212,7 +291,9 @@ def test_a_skipped_step_keeps_the_good_steps_of_its_logging_window(shapes_dir, t
     poison_tokenizer_loss(monkeypatch, {4}, float("nan"))  # step 5, in the window of steps 4-6
     out = tmp_path / "run"
     run_in_process("tokenizer", tokenizer_args(shapes_dir, out, "--logging_steps", "3"))
-    rows = {r["step"]: r for r in (json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()) if "lr" in r}
+    rows = {
+        r["step"]: r for r in (json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()) if "lr" in r
+    }
     assert sorted(rows) == [3, 6, 9, 12]
     assert math.isfinite(rows[6]["loss"]) and "psnr" in rows[6] and rows[6]["skipped_steps"] == 1
 
@@ -222,11 +303,13 @@ def test_non_finite_steps_in_a_row_stop_the_run_and_keep_the_last_good_checkpoin
     out = tmp_path / "run"
     with pytest.raises(UserError, match="non-finite") as error:
         run_in_process("tokenizer", tokenizer_args(shapes_dir, out, "--max_nonfinite_steps", "2"))
-    assert "step 6" in str(error.value) and str(out / training.CHECKPOINTS_DIR) in str(error.value)
-    assert [p.name for p in training.checkpoint_dirs(out)] == ["step-0000003"]
+    assert "step 6" in str(error.value) and str(out / checkpointing.CHECKPOINTS_DIR) in str(error.value)
+    assert [p.name for p in checkpointing.checkpoint_dirs(out)] == ["step-0000003"]
     assert not (out / "image_tokenizer").exists()  # no final model from a diverged run
     monkeypatch.undo()
-    run_in_process("tokenizer", tokenizer_args(shapes_dir, out, "--resume_from_checkpoint", "latest"))  # loads and finishes
+    run_in_process(
+        "tokenizer", tokenizer_args(shapes_dir, out, "--resume_from_checkpoint", "latest")
+    )  # loads and finishes
     assert logged_steps(out)[-1] == STEPS
 
 
@@ -234,10 +317,15 @@ def test_non_finite_steps_in_a_row_stop_the_run_and_keep_the_last_good_checkpoin
 
 
 @pytest.mark.parametrize("name", ["tokenizer", "prior"])
-def test_two_processes_follow_the_loss_curve_of_one_with_the_same_global_batch(name, shapes_dir, image_tokenizer_dir, tmp_path,
-                                                                               run_two_cpu_processes):
+def test_two_processes_follow_the_loss_curve_of_one_with_the_same_global_batch(
+    name, shapes_dir, image_tokenizer_dir, tmp_path, run_two_cpu_processes
+):
     # No sampling noise (VQ tokenizer, no caption dropout), so the runs differ only in summation order (the all-reduce).
-    common = ["--checkpointing_steps", "0", *(["--quantizer", "vq"] if name == "tokenizer" else ["--caption_dropout", "0"])]
+    common = [
+        "--checkpointing_steps",
+        "0",
+        *(["--quantizer", "vq"] if name == "tokenizer" else ["--caption_dropout", "0"]),
+    ]
     one = tmp_path / "one"
     run_in_process(name, trainer_argv(name, shapes_dir, image_tokenizer_dir, one, *common, "--batch_size", "8"))
     two = tmp_path / "two"
@@ -262,8 +350,8 @@ def test_two_processes_follow_the_loss_curve_of_one_with_the_same_global_batch(n
 
 
 def test_a_full_disk_is_found_before_the_first_step(shapes_dir, tmp_path, monkeypatch):
-    real = training.shutil.disk_usage
-    monkeypatch.setattr(training.shutil, "disk_usage", lambda path: real(path)._replace(free=4096))
+    real = runtime.shutil.disk_usage
+    monkeypatch.setattr(runtime.shutil, "disk_usage", lambda path: real(path)._replace(free=4096))
     out = tmp_path / "run"
     with pytest.raises(UserError, match="MiB free"):
         run_in_process("tokenizer", tokenizer_args(shapes_dir, out))
@@ -312,7 +400,7 @@ def test_the_package_never_calls_torch_load_unsafely():
 def test_checkpoints_hold_no_pickled_custom_objects(shapes_dir, tmp_path):
     out = tmp_path / "run"
     run_in_process("tokenizer", tokenizer_args(shapes_dir, out, "--max_steps", "6"))
-    checkpoint = out / training.CHECKPOINTS_DIR / "step-0000003"
+    checkpoint = out / checkpointing.CHECKPOINTS_DIR / "step-0000003"
     assert not list(checkpoint.glob("custom_checkpoint_*.pkl"))  # the step lives in trainer_state.json
     assert json.loads((checkpoint / "trainer_state.json").read_text())["step"] == 3
 
@@ -321,29 +409,31 @@ def test_checkpoints_hold_no_pickled_custom_objects(shapes_dir, tmp_path):
 
 
 def test_auto_precision_picks_bf16_only_where_it_is_native(monkeypatch, caplog):
-    monkeypatch.setattr(training, "native_bf16", lambda cpu: False)
-    assert training.resolve_mixed_precision("auto", cpu=True) == "no"
-    assert training.resolve_mixed_precision("bf16", cpu=True) == "bf16"  # asked for: kept, with a warning
+    monkeypatch.setattr(runtime, "native_bf16", lambda cpu: False)
+    assert runtime.resolve_mixed_precision("auto", cpu=True) == "no"
+    assert runtime.resolve_mixed_precision("bf16", cpu=True) == "bf16"  # asked for: kept, with a warning
     assert "emulated" in caplog.text
-    monkeypatch.setattr(training, "native_bf16", lambda cpu: True)
-    assert training.resolve_mixed_precision("auto", cpu=True) == "bf16"
-    assert training.resolve_mixed_precision("no", cpu=True) == "no"
+    monkeypatch.setattr(runtime, "native_bf16", lambda cpu: True)
+    assert runtime.resolve_mixed_precision("auto", cpu=True) == "bf16"
+    assert runtime.resolve_mixed_precision("no", cpu=True) == "no"
     with pytest.raises(UserError, match="fp16 needs a GPU"):
-        training.resolve_mixed_precision("fp16", cpu=True)
+        runtime.resolve_mixed_precision("fp16", cpu=True)
     with pytest.raises(UserError, match="auto, no, bf16 or fp16"):
-        training.resolve_mixed_precision("fp8", cpu=True)
+        runtime.resolve_mixed_precision("fp8", cpu=True)
 
 
 def test_a_checkpoint_from_before_trainer_state_held_the_step_resumes_without_unpickling(shapes_dir, tmp_path):
     out = tmp_path / "run"
     run_in_process("tokenizer", tokenizer_args(shapes_dir, out, "--max_steps", "6"))
-    old = out / training.CHECKPOINTS_DIR / "step-0000003"
+    old = out / checkpointing.CHECKPOINTS_DIR / "step-0000003"
     marker = tmp_path / "executed"
     (old / "custom_checkpoint_0.pkl").write_bytes(pickle.dumps(Exploit(marker)))  # where the step used to be pickled
-    for later in training.checkpoint_dirs(out)[1:]:
+    for later in checkpointing.checkpoint_dirs(out)[1:]:
         shutil.rmtree(later)
     (out / "log.jsonl").unlink()
-    run_in_process("tokenizer", tokenizer_args(shapes_dir, out, "--max_steps", "6", "--resume_from_checkpoint", "latest"))
+    run_in_process(
+        "tokenizer", tokenizer_args(shapes_dir, out, "--max_steps", "6", "--resume_from_checkpoint", "latest")
+    )
     assert logged_steps(out) == [4, 5, 6]
     assert not marker.exists()
 
@@ -355,9 +445,9 @@ def test_native_bf16_on_x86_needs_the_bf16_instructions_not_just_avx512(monkeypa
             return True
 
     monkeypatch.setattr(torch.ops, "mkldnn", FakeMkldnn())
-    monkeypatch.setattr(training, "_cpu_flags", lambda: {"avx2", "avx512f"})
-    assert training.native_bf16(cpu=True) is False  # AVX512 without AVX512-BF16: oneDNN would emulate
-    monkeypatch.setattr(training, "_cpu_flags", lambda: {"avx512f", "avx512_bf16"})
-    assert training.native_bf16(cpu=True) is True
-    monkeypatch.setattr(training, "_cpu_flags", lambda: {"fp", "asimd", "bf16"})  # an ARM CPU: oneDNN decides
-    assert training.native_bf16(cpu=True) is True
+    monkeypatch.setattr(runtime, "_cpu_flags", lambda: {"avx2", "avx512f"})
+    assert runtime.native_bf16(cpu=True) is False  # AVX512 without AVX512-BF16: oneDNN would emulate
+    monkeypatch.setattr(runtime, "_cpu_flags", lambda: {"avx512f", "avx512_bf16"})
+    assert runtime.native_bf16(cpu=True) is True
+    monkeypatch.setattr(runtime, "_cpu_flags", lambda: {"fp", "asimd", "bf16"})  # an ARM CPU: oneDNN decides
+    assert runtime.native_bf16(cpu=True) is True

@@ -8,17 +8,18 @@ import pytest
 import torch
 
 from minidalle.prior import Prior, PriorConfig
-from minidalle.sampling import _sample, filter_logits, sample_codes
+from minidalle.prior.sampling import _sample, filter_logits, sample_codes
 
 V, L, K, G = 50, 8, 32, 4
 N = G * G
 
 
-
 @pytest.fixture(scope="module")
 def prior() -> Prior:
     torch.manual_seed(0)
-    model = Prior(PriorConfig(text_vocab_size=V, text_len=L, num_image_codes=K, image_grid=G, dim=32, layers=2, heads=2)).eval()
+    model = Prior(
+        PriorConfig(text_vocab_size=V, text_len=L, num_image_codes=K, image_grid=G, dim=32, layers=2, heads=2)
+    ).eval()
     with torch.no_grad():  # sharper, caption-dependent distributions than a fresh init gives
         model.image_head.weight.mul_(20)
         model.token_emb.weight.mul_(10)
@@ -91,7 +92,7 @@ def test_cached_and_uncached_agree_with_primed_codes(prior, text):
 
 def test_compiled_decode_step_matches_eager(prior, text, cxx_compiler):
     """compile=True: the compiled step gives the eager step's logits, so the same codes."""
-    from minidalle.sampling import compiled_decode_step, decode_step
+    from minidalle.prior.sampling import compiled_decode_step, decode_step
 
     init = torch.randint(0, K, (3, 5), generator=gen(4))
     eager = sample_codes(prior, text, guidance_scale=3.0, temperature=0.0, init_codes=init)
@@ -251,7 +252,9 @@ def test_top_k_and_top_p_together_and_per_row():
     assert math.isclose(probs[[1, 3]].sum().item(), 0.0)
 
 
-@pytest.mark.parametrize("top_k, top_p, temperature", [(4, 1.0, 1.0), (4, 0.7, 0.5), (0, 0.8, 1.0), (0, 1.0, 2.0), (12, 1.0, 1.0)])
+@pytest.mark.parametrize(
+    "top_k, top_p, temperature", [(4, 1.0, 1.0), (4, 0.7, 0.5), (0, 0.8, 1.0), (0, 1.0, 2.0), (12, 1.0, 1.0)]
+)
 def test_sampled_frequencies_follow_the_filtered_distribution(top_k, top_p, temperature):
     """The sampler (which draws among the top-k candidates only) has the law of softmax(filter_logits(logits / T))."""
     logits = torch.tensor([[0.3, 2.0, -1.0, 1.5, 0.9, 1.2, -0.2, 0.0, 1.9, -3.0]])

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from minidalle.schedules import kl_weight, learning_rate, temperature
+from minidalle.training.schedules import kl_weight, learning_rate, temperature
 
 # --- temperature ---------------------------------------------------------------------
 
@@ -85,7 +85,9 @@ def test_learning_rate_peak_cosine_midpoint_and_floor():
     peak, warmup, total, min_ratio = 1e-3, 100, 1100, 0.1
     assert learning_rate(warmup, peak, warmup, total, min_ratio) == pytest.approx(peak)
     middle = warmup + (total - warmup) // 2
-    assert learning_rate(middle, peak, warmup, total, min_ratio) == pytest.approx(peak * (min_ratio + (1 - min_ratio) / 2))
+    assert learning_rate(middle, peak, warmup, total, min_ratio) == pytest.approx(
+        peak * (min_ratio + (1 - min_ratio) / 2)
+    )
     assert learning_rate(total, peak, warmup, total, min_ratio) == pytest.approx(min_ratio * peak)
     assert learning_rate(total + 500, peak, warmup, total, min_ratio) == pytest.approx(min_ratio * peak)
     decay = [learning_rate(s, peak, warmup, total, min_ratio) for s in range(warmup, total + 1)]
@@ -97,8 +99,13 @@ def test_learning_rate_peak_cosine_midpoint_and_floor():
 def test_schedules_are_pure_functions_of_the_step():
     """A resumed run sees what an uninterrupted run saw: same input, same output, any order."""
     steps = [0, 7, 50, 99, 100, 600, 1100, 3000]
-    first = [(learning_rate(s, 3e-4, 100, 1100), temperature(s, 1.0, 1 / 16, 1000), kl_weight(s, 2.0, 500)) for s in steps]
-    again = [(learning_rate(s, 3e-4, 100, 1100), temperature(s, 1.0, 1 / 16, 1000), kl_weight(s, 2.0, 500)) for s in reversed(steps)]
+    first = [
+        (learning_rate(s, 3e-4, 100, 1100), temperature(s, 1.0, 1 / 16, 1000), kl_weight(s, 2.0, 500)) for s in steps
+    ]
+    again = [
+        (learning_rate(s, 3e-4, 100, 1100), temperature(s, 1.0, 1 / 16, 1000), kl_weight(s, 2.0, 500))
+        for s in reversed(steps)
+    ]
     assert first == list(reversed(again))
     for _ in range(3):
         learning_rate(5, 3e-4, 100, 1100)

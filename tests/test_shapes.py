@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from minidalle.args import UserError
-from minidalle.shapes import (
+from minidalle.cli.datasets import eval_shapes_main, make_shapes_main
+from minidalle.data.shapes import detect_objects, evaluate_manifest, judge, parse_caption
+from minidalle.data.shapes.generate import (
     CANVAS,
     GRID,
     HELD_OUT,
@@ -22,12 +23,11 @@ from minidalle.shapes import (
     caption_for,
     full_caption,
     generate_scene,
-    make_shapes_main,
     place_object,
     render_scene,
     shape_mask,
 )
-from minidalle.shapes_eval import detect_objects, eval_shapes_main, evaluate_manifest, judge, parse_caption
+from minidalle.errors import UserError
 
 CELLS = list(POSITION)
 
@@ -74,7 +74,13 @@ def test_every_shape_colour_size_and_position_renders_exactly_and_is_judged():
         result = judge(image, full_caption([obj]))
         assert result["all_correct"], (shape, color, size, row, col, result)
         (found,) = result["objects"]
-        assert (found["shape"], found["color"], found["size"], found["row"], found["col"]) == (shape, color, size, row, col)
+        assert (found["shape"], found["color"], found["size"], found["row"], found["col"]) == (
+            shape,
+            color,
+            size,
+            row,
+            col,
+        )
         assert found["bbox"] == list(obj.bbox) and found["iou"] == 1.0
 
 
@@ -179,7 +185,10 @@ def test_captions_follow_the_grammar_and_describe_the_scene():
             sizes = [o["size"] for o in parsed["objects"]]
             assert sizes in ([None, None], [o.size for o in scene.objects])
     assert 0.18 < dropped_size / one_object < 0.32 and 0.18 < dropped_position / one_object < 0.32
-    assert caption_for([place_object("square", "orange", "large", 1, 1)], with_size=False) == "an orange square in the center"
+    assert (
+        caption_for([place_object("square", "orange", "large", 1, 1)], with_size=False)
+        == "an orange square in the center"
+    )
     assert full_caption([place_object("square", "orange", "large", 1, 1)]) == "a large orange square in the center"
     assert full_caption([place_object("circle", "orange", "small", 0, 2)]) == "a small orange circle in the top right"
 
@@ -200,7 +209,11 @@ def test_two_object_layouts_keep_boxes_apart():
 
 def test_parse_caption_rejects_what_is_outside_the_grammar():
     assert parse_caption("An Orange square") == {
-        "kind": "one", "color": "orange", "shape": "square", "size": None, "position": None
+        "kind": "one",
+        "color": "orange",
+        "shape": "square",
+        "size": None,
+        "position": None,
     }
     assert parse_caption("a small red circle to the right of a blue square")["relation"] == "to the right of"
     for caption in [
@@ -228,7 +241,9 @@ def read_rows(folder) -> list[dict]:
 @pytest.mark.parametrize("no_progress_flag", ["--no-progress", "--no_progress"])
 def test_make_shapes_writes_an_imagefolder(tmp_path, capsys, no_progress_flag):
     out = tmp_path / "zs"
-    make_shapes_main(["--out", str(out), "--split", "zeroshot", "--num", "30", "--seed", "5", "--workers", "2", no_progress_flag])
+    make_shapes_main(
+        ["--out", str(out), "--split", "zeroshot", "--num", "30", "--seed", "5", "--workers", "2", no_progress_flag]
+    )
     assert "images/s" in capsys.readouterr().out
     assert len(list((out / "images").glob("*.png"))) == 30
     rows = read_rows(out)
@@ -239,7 +254,21 @@ def test_make_shapes_writes_an_imagefolder(tmp_path, capsys, no_progress_flag):
         assert row["text"] == scene.caption and row["objects"] == [o.to_dict() for o in scene.objects]
         assert set(row["objects"][0]) == {"shape", "color", "size", "row", "col", "bbox"}
         assert np.array_equal(np.asarray(Image.open(out / row["file_name"])), render_scene(scene))
-    make_shapes_main(["--out", str(tmp_path / "one"), "--split", "zeroshot", "--num", "30", "--seed", "5", "--workers", "1", no_progress_flag])
+    make_shapes_main(
+        [
+            "--out",
+            str(tmp_path / "one"),
+            "--split",
+            "zeroshot",
+            "--num",
+            "30",
+            "--seed",
+            "5",
+            "--workers",
+            "1",
+            no_progress_flag,
+        ]
+    )
     assert read_rows(tmp_path / "one") == rows  # the same data with any number of workers
 
 

@@ -7,7 +7,7 @@ import logging
 import pytest
 import torch
 
-from minidalle.args import UserError
+from minidalle.errors import UserError
 from minidalle.text import (
     MAX_CAPTION_CHARS,
     PAD_TOKEN,
@@ -48,7 +48,10 @@ def test_bpe_learns_merges_from_the_captions(tokenizer):
     # a frequent caption word becomes one token (prefix space included), not one per byte
     assert len(ids_of(tokenizer, "circle")) == 1
     assert len(ids_of(tokenizer, "a small red circle")) < len("a small red circle") // 2
-    assert token_lengths(tokenizer, ["circle", "a small red circle"]) == [1, len(ids_of(tokenizer, "a small red circle"))]
+    assert token_lengths(tokenizer, ["circle", "a small red circle"]) == [
+        1,
+        len(ids_of(tokenizer, "a small red circle")),
+    ]
 
 
 def test_upper_and_lower_case_encode_the_same(tokenizer):
@@ -58,7 +61,9 @@ def test_upper_and_lower_case_encode_the_same(tokenizer):
     assert torch.equal(a, b)
 
 
-@pytest.mark.parametrize("text", ["a café with crème brûlée", "a 🎨 and a 🦄 emoji", "zyxwvut qoph", "日本語のキャプション", "ünïcödé"])
+@pytest.mark.parametrize(
+    "text", ["a café with crème brûlée", "a 🎨 and a 🦄 emoji", "zyxwvut qoph", "日本語のキャプション", "ünïcödé"]
+)
 def test_byte_level_encodes_anything_and_decodes_back(tokenizer, text):
     ids = ids_of(tokenizer, text)
     assert ids and all(0 < i < len(tokenizer) for i in ids)  # never the pad, never out of range

@@ -1,4 +1,5 @@
-"""train_prior.py end to end, on tiny configs: loss falls, codes cached once, exact resume, fine-tuning, two processes."""
+"""train_prior.py end to end, on tiny configs: loss falls, codes cached once, exact resume, fine-tuning,
+two processes."""
 
 from __future__ import annotations
 
@@ -11,16 +12,14 @@ import pytest
 import torch
 from accelerate.state import AcceleratorState
 
-import minidalle.train_prior as train_prior_module
+import minidalle.training.prior_trainer as train_prior_module
 from minidalle import MiniDallePipeline
-from minidalle.args import UserError
-from minidalle.dvae import DiscreteVAE, DVAEConfig
+from minidalle.cli.train_prior import main as train_main
+from minidalle.errors import UserError
+from minidalle.image_tokenizers import DiscreteVAE, DVAEConfig
 from minidalle.prior import Prior
-from minidalle.shapes import make_shapes
-from minidalle.train_prior import main as train_main
 
 SIZE = 32
-
 
 
 def make_image_tokenizer(seed: int) -> DiscreteVAE:
@@ -29,11 +28,7 @@ def make_image_tokenizer(seed: int) -> DiscreteVAE:
     return DiscreteVAE(DVAEConfig(image_size=SIZE, num_codes=32, codebook_dim=8, widths=[8, 8, 8], res_blocks=0)).eval()
 
 
-@pytest.fixture(scope="module")
-def shapes_dir(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("shapes")
-    make_shapes(out, "train", 96, seed=0, workers=1, progress=False)
-    return out
+SHAPES_IMAGES = 96  # the size of the shared `shapes_dir` fixture (conftest.py)
 
 
 @pytest.fixture(scope="module")
@@ -43,9 +38,33 @@ def image_tokenizer_dir(tmp_path_factory) -> Path:
 
 def tiny_args(data: Path, out: Path, image_tokenizer: Path | None, *extra: str) -> list[str]:
     args = [
-        "--data", str(data), "--output_dir", str(out), "--preset", "tiny", "--text_len", "16", "--text_vocab_size", "300",
-        "--batch_size", "8", "--learning_rate", "3e-3", "--warmup_steps", "2", "--logging_steps", "5",
-        "--image_steps", "0", "--eval_steps", "0", "--mixed_precision", "no", "--checkpointing_steps", "0", *extra,
+        "--data",
+        str(data),
+        "--output_dir",
+        str(out),
+        "--preset",
+        "tiny",
+        "--text_len",
+        "16",
+        "--text_vocab_size",
+        "300",
+        "--batch_size",
+        "8",
+        "--learning_rate",
+        "3e-3",
+        "--warmup_steps",
+        "2",
+        "--logging_steps",
+        "5",
+        "--image_steps",
+        "0",
+        "--eval_steps",
+        "0",
+        "--mixed_precision",
+        "no",
+        "--checkpointing_steps",
+        "0",
+        *extra,
     ]
     return args + (["--image_tokenizer", str(image_tokenizer)] if image_tokenizer else [])
 
@@ -158,9 +177,11 @@ def test_the_codes_cache_is_built_once_and_reused(shapes_dir, image_tokenizer_di
 
 def test_codes_of_another_image_tokenizer_are_a_user_error(shapes_dir, tmp_path):
     from minidalle.data import DataArguments
-    from minidalle.encode import encode_to_disk
+    from minidalle.training.encode import encode_to_disk
 
-    codes = encode_to_disk(make_image_tokenizer(0), DataArguments(data=str(shapes_dir)), tmp_path / "codes", progress=False)
+    codes = encode_to_disk(
+        make_image_tokenizer(0), DataArguments(data=str(shapes_dir)), tmp_path / "codes", progress=False
+    )
     other = make_image_tokenizer(1).save_pretrained(tmp_path / "other_tokenizer")
     with pytest.raises(UserError, match="codes were made by image tokenizer"):
         run(tiny_args(shapes_dir, tmp_path / "x", other, "--max_steps", "2", "--codes", str(codes)))
@@ -192,8 +213,23 @@ def test_resume_continues_exactly(shapes_dir, image_tokenizer_dir, tmp_path):
 def test_init_from_a_pipeline_fine_tunes_with_frozen_blocks(trained, shapes_dir, tmp_path):
     before = weights(trained / "pipeline")
     out = tmp_path / "finetune"
-    run(tiny_args(shapes_dir, out, None, "--max_steps", "10", "--init_from", str(trained / "pipeline"),
-                  "--freeze_blocks", "1", "--learning_rate", "1e-3", "--text_len", "4"))
+    run(
+        tiny_args(
+            shapes_dir,
+            out,
+            None,
+            "--max_steps",
+            "10",
+            "--init_from",
+            str(trained / "pipeline"),
+            "--freeze_blocks",
+            "1",
+            "--learning_rate",
+            "1e-3",
+            "--text_len",
+            "4",
+        )
+    )
     after = weights(out / "pipeline")
     assert after.keys() == before.keys()
     frozen = [k for k in before if k.startswith(("blocks.0.", "token_emb.", "text_pos.", "row_emb.", "col_emb."))]
@@ -211,7 +247,8 @@ def test_init_from_a_pipeline_fine_tunes_with_frozen_blocks(trained, shapes_dir,
     assert index_a["image_tokenizer_hash"] == index_b["image_tokenizer_hash"]
     assert not (out / "text_tokenizer").exists()
     assert (out / "pipeline" / "text_tokenizer" / "tokenizer.json").read_text() == (
-        trained / "pipeline" / "text_tokenizer" / "tokenizer.json").read_text()
+        trained / "pipeline" / "text_tokenizer" / "tokenizer.json"
+    ).read_text()
 
 
 def test_init_from_without_freezing_trains_everything(trained, shapes_dir, tmp_path):
@@ -243,7 +280,9 @@ def test_bad_flags_give_clear_errors(shapes_dir, image_tokenizer_dir, tmp_path):
 
 def test_two_cpu_processes_train_in_sync(shapes_dir, image_tokenizer_dir, tmp_path, run_two_cpu_processes):
     out = tmp_path / "ddp"
-    summary = run_two_cpu_processes("train_prior.py", tiny_args(shapes_dir, out, image_tokenizer_dir, "--max_steps", "10"), out)
+    summary = run_two_cpu_processes(
+        "train_prior.py", tiny_args(shapes_dir, out, image_tokenizer_dir, "--max_steps", "10"), out
+    )
     assert summary["num_processes"] == 2
     assert summary["ranks_in_sync"] is True
     assert summary["step"] == 10

@@ -10,25 +10,38 @@ import pytest
 import torch
 from accelerate.state import AcceleratorState
 
-from minidalle.args import UserError
-from minidalle.dvae import DiscreteVAE
-from minidalle.shapes import make_shapes
-from minidalle.train_tokenizer import main as train_main
+from minidalle.cli.train_tokenizer import main as train_main
+from minidalle.errors import UserError
+from minidalle.image_tokenizers import DiscreteVAE
 
-
-
-@pytest.fixture(scope="module")
-def shapes_dir(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("shapes")
-    make_shapes(out, "train", 96, seed=0, workers=1, progress=False)
-    return out
+SHAPES_IMAGES = 96  # the size of the shared `shapes_dir` fixture (conftest.py)
 
 
 def tiny_args(data: Path, out: Path, *extra: str) -> list[str]:
     return [
-        "--data", str(data), "--output_dir", str(out), "--preset", "tiny", "--resolution", "32",
-        "--batch_size", "8", "--learning_rate", "3e-3", "--warmup_steps", "2", "--logging_steps", "5",
-        "--image_steps", "0", "--eval_examples", "16", "--mixed_precision", "no", *extra,
+        "--data",
+        str(data),
+        "--output_dir",
+        str(out),
+        "--preset",
+        "tiny",
+        "--resolution",
+        "32",
+        "--batch_size",
+        "8",
+        "--learning_rate",
+        "3e-3",
+        "--warmup_steps",
+        "2",
+        "--logging_steps",
+        "5",
+        "--image_steps",
+        "0",
+        "--eval_examples",
+        "16",
+        "--mixed_precision",
+        "no",
+        *extra,
     ]
 
 
@@ -46,7 +59,17 @@ def test_loss_falls_and_outputs_are_written(shapes_dir, tmp_path):
     run(tiny_args(shapes_dir, out, "--max_steps", "40", "--checkpointing_steps", "20", "--image_steps", "20"))
     log = [r for r in read_log(out) if "loss" in r]
     assert log[-1]["loss"] < 0.7 * log[0]["loss"]
-    for key in ("recon", "kl", "temperature", "kl_weight", "lr", "psnr", "codebook_usage", "codebook_perplexity", "dead_codes"):
+    for key in (
+        "recon",
+        "kl",
+        "temperature",
+        "kl_weight",
+        "lr",
+        "psnr",
+        "codebook_usage",
+        "codebook_perplexity",
+        "dead_codes",
+    ):
         assert key in log[0]
     assert log[-1]["temperature"] < log[0]["temperature"]  # annealed
     assert (out / "samples" / "recon-step-0000020.png").is_file()
@@ -59,11 +82,26 @@ def test_loss_falls_and_outputs_are_written(shapes_dir, tmp_path):
 
 def test_resume_continues_at_the_saved_step_exactly(shapes_dir, tmp_path):
     full = tmp_path / "full"
-    run(tiny_args(shapes_dir, full, "--max_steps", "20", "--checkpointing_steps", "10", "--checkpoints_total_limit", "5"))
+    run(
+        tiny_args(
+            shapes_dir, full, "--max_steps", "20", "--checkpointing_steps", "10", "--checkpoints_total_limit", "5"
+        )
+    )
     resumed = tmp_path / "resumed"
     (resumed / "checkpoints").mkdir(parents=True)
     shutil.copytree(full / "checkpoints" / "step-0000010", resumed / "checkpoints" / "step-0000010")
-    run(tiny_args(shapes_dir, resumed, "--max_steps", "20", "--checkpointing_steps", "10", "--resume_from_checkpoint", "latest"))
+    run(
+        tiny_args(
+            shapes_dir,
+            resumed,
+            "--max_steps",
+            "20",
+            "--checkpointing_steps",
+            "10",
+            "--resume_from_checkpoint",
+            "latest",
+        )
+    )
     steps = [r["step"] for r in read_log(resumed) if "loss" in r]
     assert steps[0] == 15  # continued after step 10, did not restart
     a = {r["step"]: r["loss"] for r in read_log(full) if "loss" in r}
@@ -76,8 +114,20 @@ def test_resume_continues_at_the_saved_step_exactly(shapes_dir, tmp_path):
 
 def test_torch_compile_matches_eager_and_its_checkpoints_resume_eagerly(shapes_dir, tmp_path, cxx_compiler):
     # vq: no sampling noise, so the compiled run must follow the eager run's losses
-    flags = ("--max_steps", "10", "--quantizer", "vq", "--kl_weight", "0.25", "--logging_steps", "1",
-             "--checkpointing_steps", "5", "--checkpoints_total_limit", "5")
+    flags = (
+        "--max_steps",
+        "10",
+        "--quantizer",
+        "vq",
+        "--kl_weight",
+        "0.25",
+        "--logging_steps",
+        "1",
+        "--checkpointing_steps",
+        "5",
+        "--checkpoints_total_limit",
+        "5",
+    )
     eager, compiled = tmp_path / "eager", tmp_path / "compiled"
     run(tiny_args(shapes_dir, eager, *flags))
     from torch._dynamo.utils import counters
@@ -115,7 +165,20 @@ def test_resume_from_a_folder_that_is_not_a_checkpoint(shapes_dir, tmp_path):
 
 def test_vq_quantizer_trains(shapes_dir, tmp_path):
     out = tmp_path / "vq"
-    run(tiny_args(shapes_dir, out, "--max_steps", "30", "--quantizer", "vq", "--vq_ema", "--vq_restart_dead", "--kl_weight", "0.25"))
+    run(
+        tiny_args(
+            shapes_dir,
+            out,
+            "--max_steps",
+            "30",
+            "--quantizer",
+            "vq",
+            "--vq_ema",
+            "--vq_restart_dead",
+            "--kl_weight",
+            "0.25",
+        )
+    )
     log = [r for r in read_log(out) if "loss" in r]
     assert log[-1]["mse"] < log[0]["mse"]
     assert DiscreteVAE.from_pretrained(out / "image_tokenizer").config.quantizer == "vq"
@@ -132,7 +195,9 @@ def test_bad_flags_give_clear_errors(shapes_dir, tmp_path):
 
 def test_two_cpu_processes_train_in_sync(shapes_dir, tmp_path, run_two_cpu_processes):
     out = tmp_path / "ddp"
-    summary = run_two_cpu_processes("train_tokenizer.py", tiny_args(shapes_dir, out, "--max_steps", "10", "--checkpointing_steps", "0"), out)
+    summary = run_two_cpu_processes(
+        "train_tokenizer.py", tiny_args(shapes_dir, out, "--max_steps", "10", "--checkpointing_steps", "0"), out
+    )
     assert summary["num_processes"] == 2
     assert summary["ranks_in_sync"] is True
     assert summary["step"] == 10
@@ -142,7 +207,17 @@ def test_decoder_only_finetune_keeps_the_codes(shapes_dir, tmp_path):
     first = tmp_path / "first"
     run(tiny_args(shapes_dir, first, "--max_steps", "10"))
     tuned = tmp_path / "tuned"
-    run(tiny_args(shapes_dir, tuned, "--max_steps", "30", "--init_from", str(first / "image_tokenizer"), "--train_decoder_only"))
+    run(
+        tiny_args(
+            shapes_dir,
+            tuned,
+            "--max_steps",
+            "30",
+            "--init_from",
+            str(first / "image_tokenizer"),
+            "--train_decoder_only",
+        )
+    )
     before = DiscreteVAE.from_pretrained(first / "image_tokenizer")
     after = DiscreteVAE.from_pretrained(tuned / "image_tokenizer")
     assert after.codes_hash() == before.codes_hash()
@@ -158,4 +233,15 @@ def test_init_from_with_another_resolution_is_refused(shapes_dir, tmp_path):
     first = tmp_path / "first"
     run(tiny_args(shapes_dir, first, "--max_steps", "2"))
     with pytest.raises(UserError, match="--resolution 32"):
-        run(tiny_args(shapes_dir, tmp_path / "b", "--max_steps", "2", "--init_from", str(first / "image_tokenizer"), "--resolution", "64"))
+        run(
+            tiny_args(
+                shapes_dir,
+                tmp_path / "b",
+                "--max_steps",
+                "2",
+                "--init_from",
+                str(first / "image_tokenizer"),
+                "--resolution",
+                "64",
+            )
+        )

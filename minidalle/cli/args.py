@@ -1,0 +1,105 @@
+"""Command-line parsing shared by every minidalle command and script (the CLI layer: nothing below imports it).
+
+Every command describes its flags as dataclasses and parses them with
+`transformers.HfArgumentParser`, so each flag is accepted as `--a_b` and
+`--a-b`, and its `help` comes from the field's metadata. `--config FILE`
+(JSON or YAML) supplies defaults that flags on the command line override.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from transformers import HfArgumentParser
+
+from ..errors import UserError
+from ..options import arg
+
+__all__ = ["UserError", "arg", "load_config_file", "parse_args", "run_main"]
+
+
+def load_config_file(path: str | Path) -> dict:
+    """Read a JSON or YAML file of flag values (keys are flag names, `-` or `_`)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"--config: no such file: {path}")
+    text = path.read_text(encoding="utf-8")
+    try:
+        if path.suffix.lower() in (".yaml", ".yml"):
+            import yaml
+
+            values = yaml.safe_load(text) or {}
+        else:
+            values = json.loads(text)
+    except Exception as exc:
+        raise UserError(f"--config {path}: cannot parse ({exc})") from None
+    if not isinstance(values, dict):
+        raise UserError(f"--config {path}: expected a mapping of flag names to values")
+    return {str(k).replace("-", "_"): v for k, v in values.items()}
+
+
+def parse_args(
+    dataclass_types: Sequence[type],
+    argv: Sequence[str] | None = None,
+    *,
+    prog: str | None = None,
+    description: str | None = None,
+    add_arguments: Callable[[HfArgumentParser], None] | None = None,
+    with_config: bool = True,
+) -> tuple:
+    """Parse `argv` into instances of `dataclass_types` (and a namespace of extras).
+
+    `add_arguments` may add positional arguments; their values come back as a
+    final `argparse.Namespace`. With `with_config`, `--config FILE` sets defaults.
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = HfArgumentParser(list(dataclass_types), prog=prog, description=description)
+    if add_arguments is not None:
+        add_arguments(parser)
+    if with_config:
+        parser.add_argument(
+            "--config",
+            default=None,
+            help="A JSON or YAML file of flag values; flags given on the command line win.",
+        )
+        pre, _ = parser.parse_known_args(argv)
+        if pre.config:
+            values = load_config_file(pre.config)
+            known = {a.dest for a in parser._actions}
+            unknown = sorted(set(values) - known)
+            if unknown:
+                raise UserError(f"--config {pre.config}: unknown field(s): {', '.join(unknown)}")
+            parser.set_defaults(**values)
+    namespace, remaining = parser.parse_known_args(argv)
+    if remaining:
+        parser.error(f"unrecognized arguments: {' '.join(remaining)}")
+    outputs = []
+    for dtype in dataclass_types:
+        names = {f.name for f in dataclasses.fields(dtype) if f.init}
+        values = {k: v for k, v in vars(namespace).items() if k in names}
+        for k in names:
+            delattr(namespace, k)
+        outputs.append(dtype(**values))
+    if hasattr(namespace, "config"):
+        delattr(namespace, "config")
+    outputs.append(namespace)
+    return tuple(outputs)
+
+
+def run_main(main: Callable[[], Any]) -> None:
+    """Run a command's `main`, turning `UserError` into one line on stderr and exit code 2."""
+    try:
+        result = main()
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        raise SystemExit(130) from None
+    if isinstance(result, int):
+        raise SystemExit(result)

@@ -1,0 +1,131 @@
+"""Image-tokenizer commands: `encode` (a dataset -> its codes, once, for stage 2), `codebook` (every code
+as a picture) and `reconstruct` (images through the round trip, with PSNR and a manifest)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+
+import torch
+from tqdm.auto import tqdm
+
+from ..data import CaptionedImages, DataArguments, load_captioned_dataset
+from ..data.imagefolder import image_file_name, prepare_out_dir
+from ..data.shapes import ShapeObject, full_caption
+from ..image_tokenizers import load_image_tokenizer
+from ..images import save_image_grid, save_png
+from ..metrics import codebook_stats, psnr
+from ..training.encode import INFO_NAME, codebook_sheet, encode_dataset, encode_to_disk
+from .args import UserError, arg, parse_args
+
+
+@dataclass
+class EncodeArguments:
+    image_tokenizer: str = arg(
+        "",
+        help="The image tokenizer folder (OUTPUT_DIR/image_tokenizer of train_tokenizer.py).",
+        aliases=["--tokenizer"],
+    )
+    out: str = arg("", help="Where to write the encoded dataset.")
+    batch_size: int = arg(256, help="Images per encoder batch.")
+
+
+def encode_main(argv: list[str] | None = None) -> None:
+    enc, data_args, _ = parse_args(
+        [EncodeArguments, DataArguments],
+        argv,
+        prog="minidalle encode",
+        description="Encode every image of a captioned dataset into image-tokenizer codes, once, for stage 2.",
+    )
+    if not enc.image_tokenizer or not enc.out:
+        raise UserError("--image_tokenizer and --out are required")
+    out = encode_to_disk(enc.image_tokenizer, data_args, enc.out, enc.batch_size)
+    info = json.loads((out / INFO_NAME).read_text())
+    print(
+        f"wrote codes of {info['num_examples']} images ({info['grid_size']}x{info['grid_size']} codes "
+        f"of {info['num_codes']}) to {out}"
+    )
+
+
+@dataclass
+class CodebookArguments:
+    image_tokenizer: str = arg("", help="The image tokenizer folder.", aliases=["--tokenizer"])
+    out: str = arg("codebook.png", help="The PNG sheet to write.")
+    data: str = arg("", help="Optional dataset: order the codes by how often its images use them (most used first).")
+    max_examples: int = arg(2000, help="With --data: encode at most this many images to count usage.")
+
+
+def codebook_main(argv: list[str] | None = None) -> None:
+    (args, _) = parse_args(
+        [CodebookArguments],
+        argv,
+        prog="minidalle codebook",
+        description="Draw every code of an image tokenizer (a grid filled with code k) as one sheet.",
+    )
+    if not args.image_tokenizer:
+        raise UserError("--image_tokenizer is required")
+    tokenizer = load_image_tokenizer(args.image_tokenizer)
+    order = None
+    if args.data:
+        data_args = DataArguments(data=args.data, resolution=tokenizer.image_size, max_examples=args.max_examples)
+        ds = load_captioned_dataset(data_args, require_captions=False)
+        codes = encode_dataset(tokenizer, ds, data_args, with_captions=False)
+        counts = torch.bincount(codes.long().flatten(), minlength=tokenizer.num_codes)
+        order = counts.argsort(descending=True).tolist()
+        print(f"{int((counts > 0).sum())} of {tokenizer.num_codes} codes used by {len(ds)} images")
+    path = save_image_grid(codebook_sheet(tokenizer, order), args.out)
+    print(f"wrote {path}")
+
+
+@dataclass
+class ReconstructArguments:
+    image_tokenizer: str = arg("", help="The image tokenizer folder.", aliases=["--tokenizer"])
+    out: str = arg(
+        "", help="Folder for the reconstructions and manifest.jsonl (the format `minidalle eval-shapes` reads)."
+    )
+    batch_size: int = arg(128, help="Images per batch.")
+
+
+def reconstruct_main(argv: list[str] | None = None) -> None:
+    """Round-trip a dataset through the image tokenizer; write PNGs, a manifest and PSNR / codebook figures."""
+    args, data_args, _ = parse_args(
+        [ReconstructArguments, DataArguments],
+        argv,
+        prog="minidalle reconstruct",
+        description="Reconstruct images through the image tokenizer (encode -> decode) and report PSNR.",
+    )
+    if not args.image_tokenizer or not args.out:
+        raise UserError("--image_tokenizer and --out are required")
+    tokenizer = load_image_tokenizer(args.image_tokenizer)
+    data_args = DataArguments(**{**asdict(data_args), "resolution": tokenizer.image_size})
+    ds = load_captioned_dataset(data_args, require_captions=True)
+    out = prepare_out_dir(args.out)
+    has_objects = "objects" in ds.column_names
+    loader = torch.utils.data.DataLoader(CaptionedImages(ds, data_args), batch_size=args.batch_size)
+    rows, errors, histogram = [], [], torch.zeros(tokenizer.num_codes, dtype=torch.long)
+    for batch in tqdm(loader, desc="reconstructing", leave=False):
+        images = batch["pixel_values"]
+        codes = tokenizer.encode(images)
+        recon = tokenizer.decode(codes)
+        histogram += torch.bincount(codes.flatten(), minlength=tokenizer.num_codes)
+        quantized = (recon * 255).round() / 255  # what the PNG holds
+        errors.append((quantized - images).pow(2).flatten(1).mean(1))
+        for i, index in enumerate(batch["index"].tolist()):
+            name = image_file_name(index)
+            save_png(out / name, (recon[i].permute(1, 2, 0) * 255).round().to(torch.uint8).numpy())
+            caption = batch["caption"][i]
+            if has_objects:
+                caption = full_caption([ShapeObject(**{**o, "bbox": tuple(o["bbox"])}) for o in ds[index]["objects"]])
+            rows.append({"prompt": caption, "file": name, "original_caption": batch["caption"][i]})
+    with open(out / "manifest.jsonl", "w", encoding="utf-8") as f:
+        f.writelines(json.dumps(r) + "\n" for r in rows)
+    mse = torch.cat(errors)
+    result = {
+        "images": len(rows),
+        "psnr": psnr(mse.mean()),
+        **codebook_stats(histogram),
+        "tokenizer_hash": tokenizer.codes_hash(),
+    }
+    (out / "reconstruct.json").write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result))
+    print(f"wrote {len(rows)} reconstructions and {out / 'manifest.jsonl'}")

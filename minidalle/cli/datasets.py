@@ -1,0 +1,102 @@
+"""Dataset commands: `make-shapes`, `eval-shapes`, `export-dataset`."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from dataclasses import dataclass
+
+from ..data.exporters import export_emoji, export_mnist
+from ..data.shapes import SPLITS, evaluate_manifest, format_report, make_shapes
+from .args import UserError, arg, parse_args
+
+
+@dataclass
+class MakeShapesArgs:
+    """Flags of `minidalle make-shapes`."""
+
+    out: str = arg(help="Output folder; gets images/NNNNNN.png and metadata.jsonl (imagefolder layout).")
+    split: str = arg(
+        "train", help="Which split: 'train' (no held-out colour-shape pair) or 'zeroshot' (each scene has one)."
+    )
+    num: int = arg(20000, help="Number of images to write.")
+    seed: int = arg(0, help="Seed; image i of a split is a pure function of (split, seed, i).")
+    workers: int | None = arg(None, help="Worker processes; unset means one per CPU core.")
+    progress: bool = arg(True, help="Show a progress bar (turn off with --no-progress).")
+
+
+def make_shapes_main(argv: list[str] | None = None) -> None:
+    """`minidalle make-shapes --out DIR --split train|zeroshot --num N --seed S [--workers W]`."""
+    args, _ = parse_args(
+        [MakeShapesArgs], argv, prog="minidalle make-shapes", description="Write the built-in shapes dataset."
+    )
+    if args.split not in SPLITS:
+        raise UserError(f"--split: unknown split {args.split!r}; expected one of {', '.join(SPLITS)}")
+    if args.num < 1:
+        raise UserError(f"--num: expected a positive number of images, got {args.num}")
+    if args.workers is not None and args.workers < 1:
+        raise UserError(f"--workers: expected at least 1, got {args.workers}")
+    start = time.perf_counter()
+    count = make_shapes(args.out, args.split, args.num, args.seed, args.workers, args.progress)
+    seconds = time.perf_counter() - start
+    print(f"wrote {count} {args.split} images to {args.out} in {seconds:.1f} s ({count / seconds:.0f} images/s)")
+
+
+@dataclass
+class EvalShapesArgs:
+    """Flags of `minidalle eval-shapes`."""
+
+    json: bool = arg(False, help="Print the report as one JSON object instead of a table.")
+
+
+def eval_shapes_main(argv: list[str] | None = None) -> None:
+    """`minidalle eval-shapes MANIFEST.jsonl [--json]`."""
+
+    def add_manifest(parser) -> None:
+        parser.add_argument(
+            "manifest", help='A JSONL file, one {"prompt": ..., "file": ...} per line; files relative to its folder.'
+        )
+
+    args, extra = parse_args(
+        [EvalShapesArgs],
+        argv,
+        prog="minidalle eval-shapes",
+        description="Judge generated shapes images against their prompts.",
+        add_arguments=add_manifest,
+    )
+    report = evaluate_manifest(extra.manifest)
+    print(json.dumps(report) if args.json else format_report(report))
+
+
+@dataclasses.dataclass
+class ExportArgs:
+    out: str = arg(help="Output folder; gets train/ and test/ imagefolders.")
+    resolution: int = arg(64, help="emoji only: image side in pixels (MNIST stays 28×28).")
+    test_fraction: float = arg(0.1, help="emoji only: share held out as test, by a stable hash of the caption.")
+    limit: int | None = arg(None, help="Keep at most this many images per split (for a quick try).")
+
+
+def export_dataset_main(argv: list[str] | None = None) -> None:
+    """`minidalle export-dataset emoji|mnist --out DIR [--resolution 64] [--test_fraction 0.1]`."""
+
+    def add_name(parser) -> None:
+        parser.add_argument("name", choices=["emoji", "mnist"], help="Which packaged dataset to export.")
+
+    args, extra = parse_args(
+        [ExportArgs],
+        argv,
+        prog="minidalle export-dataset",
+        description="Export a captioned image set shipped in an installed package as imagefolders.",
+        add_arguments=add_name,
+    )
+    if extra.name == "emoji":
+        export_emoji(args.out, resolution=args.resolution, test_fraction=args.test_fraction, limit=args.limit)
+        return
+    defaults = ExportArgs(out=args.out)
+    for flag in ("resolution", "test_fraction"):
+        if getattr(args, flag) != getattr(defaults, flag):
+            raise UserError(
+                f"--{flag} does not apply to mnist: it keeps its 28×28 images and its own 60,000/10,000 split"
+            )
+    export_mnist(args.out, limit=args.limit)

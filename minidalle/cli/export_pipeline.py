@@ -1,0 +1,34 @@
+"""`minidalle export-pipeline`: copy a pipeline folder with its weights in a smaller dtype."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..pipeline.io import export_pipeline
+from .args import UserError, arg, parse_args
+
+
+@dataclass
+class ExportArguments:
+    source: str = arg("", help="The pipeline folder to export (train_prior.py's OUTPUT_DIR/pipeline).")
+    out: str = arg("", help="Where to write the exported pipeline.")
+    dtype: str = arg("float16", help="float16, bfloat16 or float32.")
+    image_tokenizer: str = arg(
+        "", help="Swap in this image tokenizer (it must produce the same codes, e.g. a decoder fine-tune)."
+    )
+
+
+def export_pipeline_main(argv: list[str] | None = None) -> None:
+    (args, _) = parse_args(
+        [ExportArguments],
+        argv,
+        prog="minidalle export-pipeline",
+        description="Copy a pipeline folder with its weights stored in a smaller dtype.",
+    )
+    if not args.source or not args.out:
+        raise UserError("--source and --out are required")
+    if args.dtype not in ("float16", "bfloat16", "float32"):
+        raise UserError(f"--dtype must be float16, bfloat16 or float32, got {args.dtype!r}")
+    out = export_pipeline(args.source, args.out, args.dtype, args.image_tokenizer or None)
+    size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
+    print(f"wrote {out} ({size / 1e6:.1f} MB)")

@@ -1,0 +1,129 @@
+"""`python sample.py "a prompt" ["another" ...]`: prompts -> PNGs, grids and a manifest.
+
+Writes OUT/images/pPPP-iII.png (one per image), OUT/grid-pPPP.png (one per
+prompt) and OUT/manifest.jsonl with one line per image,
+{"prompt", "file", "seed", "num_candidates", "pmi", ...}: the format `minidalle eval-shapes` reads.
+Without --model the bundled shapes model is used. Each image is the best of
+--num_candidates samples by the prior's own pmi (see MiniDallePipeline.score).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from .args import UserError, arg, parse_args
+
+
+@dataclass
+class SampleArguments:
+    prompts_file: str = arg("", help="A text file with one prompt per line (added to the prompts given as arguments).")
+    model: str = arg(
+        "", help="A pipeline folder (train_prior.py's OUTPUT_DIR/pipeline); default: the bundled shapes model."
+    )
+    num_images: int = arg(4, help="Images per prompt.")
+    guidance_scale: float = arg(1.5, help="Classifier-free guidance: 1 is off; larger follows the prompt more closely.")
+    temperature: float = arg(
+        0.3, help="Sampling temperature (0: always the most likely code; 1: the model's own distribution)."
+    )
+    top_k: int = arg(0, help="Sample only among the k most likely codes (0: all).")
+    top_p: float = arg(1.0, help="Nucleus sampling: the smallest set of codes with this total probability.")
+    num_candidates: int = arg(
+        8,
+        help="Sample this many candidates per image and keep the one the model finds best explained by "
+        "its prompt (DALL-E's re-ranking, scored by the prior itself: see MiniDallePipeline.score's pmi). "
+        "1: no re-ranking; sampling time grows with it. At --temperature 0 every candidate is the "
+        "same, so one is sampled.",
+    )
+    seed: int = arg(0, help="Random seed: the same command gives the same images.")
+    batch_size: int = arg(16, help="Images sampled together (with --num_candidates N, candidates: N per image).")
+    compile: bool = arg(
+        False,
+        help="Run each sampling step through torch.compile: faster per image after a one-off "
+        "compilation; worth it for many images (the README's Performance section says from how many).",
+    )
+    out: str = arg("samples", help="Output folder.")
+    device: str = arg("", help="cpu or cuda (default: cuda when available).")
+
+
+def read_prompts(positional: list[str], prompts_file: str) -> list[str]:
+    prompts = list(positional)
+    if prompts_file:
+        path = Path(prompts_file)
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except FileNotFoundError:
+            raise UserError(f"--prompts_file {path}: no such file") from None
+        except UnicodeDecodeError:
+            raise UserError(f"--prompts_file {path}: not UTF-8 text") from None
+        prompts += [line.strip() for line in lines if line.strip()]
+    if not prompts:
+        raise UserError('give at least one prompt, e.g. python sample.py "a small red circle in the top left"')
+    return prompts
+
+
+def main(argv: list[str] | None = None) -> None:
+    from ..data.imagefolder import prepare_out_dir
+    from ..images import save_image_grid, save_png
+    from ..pipeline import MiniDallePipeline, check_prompts
+
+    args, extra = parse_args(
+        [SampleArguments],
+        argv,
+        prog="sample.py",
+        description="Generate images from text prompts with a minidalle pipeline.",
+        add_arguments=lambda p: p.add_argument(
+            "prompts", nargs="*", help="Prompts, e.g. 'a small red circle in the top left'."
+        ),
+    )
+    prompts = check_prompts(read_prompts(extra.prompts, args.prompts_file))
+    if args.num_images < 1 or args.num_candidates < 1:
+        raise UserError("--num_images and --num_candidates must be >= 1")
+    out = prepare_out_dir(args.out)
+    started = time.perf_counter()
+    pipe = MiniDallePipeline.from_pretrained(args.model or None, device=args.device or None)
+    result = pipe(
+        prompts,
+        num_images_per_prompt=args.num_images,
+        guidance_scale=args.guidance_scale,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        progress=True,
+        compile=args.compile,
+        num_candidates=args.num_candidates,
+    )
+    rows = []
+    for i, (image, prompt) in enumerate(zip(result.images, result.prompts)):
+        p, k = divmod(i, args.num_images)
+        name = f"images/p{p:03d}-i{k:02d}.png"
+        save_png(out / name, image)
+        rows.append(
+            {
+                "prompt": prompt,
+                "file": name,
+                "seed": args.seed,
+                "index": i,
+                "guidance_scale": args.guidance_scale,
+                "temperature": args.temperature,
+                "top_k": args.top_k,
+                "top_p": args.top_p,
+                "num_candidates": args.num_candidates,
+                "pmi": None if result.scores is None else round(result.scores[i], 4),
+                "model": args.model or "default",
+            }
+        )
+    with open(out / "manifest.jsonl", "w", encoding="utf-8") as f:
+        f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+    tensors = pipe._pixels(result.images).cpu()
+    for p in range(len(prompts)):
+        save_image_grid([tensors[p * args.num_images : (p + 1) * args.num_images]], out / f"grid-p{p:03d}.png")
+    elapsed = time.perf_counter() - started
+    print(
+        f"wrote {len(rows)} images for {len(prompts)} prompt(s) to {out}/ (images/, grid-p*.png, manifest.jsonl) "
+        f"in {elapsed:.1f} s"
+    )

@@ -1,0 +1,265 @@
+"""Captioned image sets through 🤗 `datasets`: loading, validation, transforms.
+
+`--data` is a local imagefolder (images + `metadata.jsonl` or `metadata.csv`,
+as `minidalle make-shapes` / `export-dataset` write), a folder saved with
+`Dataset.save_to_disk`, or anything `datasets.load_dataset` accepts.
+
+Every example is checked once before training (`validate`): a missing or
+empty caption, a zero-byte, unreadable or truncated image is reported in one
+error naming the files, or skipped and counted with `skip_bad_examples`. So
+nothing fails in the middle of an epoch.
+
+Images reach the models as float tensors (3, R, R) in [0, 1]: converted to
+RGB (transparency composited on white), resized so the short side is R, then
+centre-cropped (or randomly cropped).
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageFile
+
+from ..errors import UserError
+from ..options import arg
+
+logger = logging.getLogger(__name__)
+
+ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file is an error, never silently grey
+
+
+@dataclass
+class DataArguments:
+    """Where the captioned images come from and how they are prepared."""
+
+    data: str = arg(
+        "", help="A folder (imagefolder with metadata.jsonl/.csv, or save_to_disk) or a `load_dataset` name."
+    )
+    split: str = arg("train", help="Which split of --data to use.")
+    image_column: str = arg("image", help="The column holding the images.")
+    caption_column: str = arg("text", help="The column holding the captions.")
+    resolution: int = arg(64, help="Images are resized and cropped to this square size.")
+    random_crop: bool = arg(False, help="Crop at a random place instead of the centre (augmentation).")
+    skip_bad_examples: bool = arg(
+        False, help="Skip (and count) unreadable images / empty captions instead of stopping."
+    )
+    max_examples: int = arg(0, help="Use only the first N examples (0: all).")
+
+
+def _unicode_error(exc: BaseException | None) -> UnicodeDecodeError | None:
+    """The UnicodeDecodeError behind `exc` (its cause or context chain), if any."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, UnicodeDecodeError):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def _load_raw(data: str, split: str):
+    import datasets
+
+    path = Path(data)
+    try:
+        if path.is_dir() and any((path / f).exists() for f in ("dataset_info.json", "dataset_dict.json")):
+            loaded = datasets.load_from_disk(str(path))
+        elif path.is_dir():
+            loaded = datasets.load_dataset("imagefolder", data_dir=str(path))
+        elif path.exists():
+            raise UserError(f"--data {data}: expected a folder, got a file")
+        else:
+            if data.startswith((".", "/", "~")) or data.count("/") > 1:  # a path, not a hub name
+                raise UserError(f"--data {data}: no such folder")
+            loaded = datasets.load_dataset(data)
+    except UserError:
+        raise
+    except Exception as exc:
+        bad_text = _unicode_error(exc)  # datasets wraps it in DatasetGenerationError
+        if bad_text is not None:
+            snippet = bad_text.object[max(0, bad_text.start - 20) : bad_text.end + 20]
+            raise UserError(
+                f"--data {data}: metadata is not valid UTF-8 ({bad_text.reason} in {snippet!r}); save it as UTF-8"
+            ) from None
+        raise UserError(f"--data {data}: cannot load ({type(exc).__name__}: {exc})") from None
+    if isinstance(loaded, datasets.DatasetDict):
+        if split not in loaded:
+            raise UserError(f"--data {data}: no split {split!r} (available: {', '.join(loaded)})")
+        return loaded[split]
+    return loaded
+
+
+def load_captioned_dataset(args: DataArguments, require_captions: bool = True):
+    """Load `args.data`, check its columns and every example; returns a `datasets.Dataset`.
+
+    The result has the image column (decoded lazily as PIL) and, with
+    `require_captions`, the caption column.
+    """
+    import datasets
+
+    if not args.data:
+        raise UserError("--data is required (a folder of captioned images or a dataset name)")
+    ds = _load_raw(args.data, args.split)
+    columns = ds.column_names
+    if args.image_column not in columns:
+        raise UserError(
+            f"--data {args.data}: no image column {args.image_column!r} (columns: {', '.join(columns)}); "
+            "set --image_column"
+        )
+    if require_captions and args.caption_column not in columns:
+        raise UserError(
+            f"--data {args.data}: no caption column {args.caption_column!r} (columns: {', '.join(columns)}); "
+            "set --caption_column, or add a 'text' field to metadata.jsonl"
+        )
+    if args.max_examples:
+        ds = ds.select(range(min(args.max_examples, len(ds))))
+    if len(ds) == 0:
+        raise UserError(f"--data {args.data}: split {args.split!r} holds no examples")
+    if isinstance(ds.features[args.image_column], datasets.Image):
+        ds = validate(ds, args, require_captions)
+    return ds
+
+
+def _check_image(value) -> str | None:
+    """None if `value` (a {path, bytes} dict) decodes to a whole image, else the problem."""
+    path, data = value.get("path"), value.get("bytes")
+    try:
+        if data is None:
+            if path is None:
+                return "no image"
+            if os.path.getsize(path) == 0:
+                return "zero-byte file"
+            with Image.open(path) as im:
+                im.load()
+        else:
+            if len(data) == 0:
+                return "zero-byte file"
+            with Image.open(io.BytesIO(data)) as im:
+                im.load()
+    except Image.DecompressionBombError:
+        return "image too large (decompression bomb refused)"
+    except (OSError, SyntaxError, ValueError) as exc:
+        return f"unreadable image ({exc})"
+    return None
+
+
+def validate(ds, args: DataArguments, require_captions: bool = True):
+    """Check every caption and image once; raise one `UserError` listing the bad files, or skip them."""
+    import datasets
+
+    raw = ds.cast_column(args.image_column, datasets.Image(decode=False))
+    images = raw[args.image_column]
+    captions = raw[args.caption_column] if require_captions else [None] * len(raw)
+    bad: list[tuple[int, str, str]] = []
+    for i, (value, caption) in enumerate(zip(images, captions)):
+        where = (value or {}).get("path") or f"example {i}"
+        if require_captions and (not isinstance(caption, str) or not caption.strip()):
+            bad.append((i, where, f"missing or empty caption ({args.caption_column!r})"))
+            continue
+        problem = _check_image(value or {})
+        if problem:
+            bad.append((i, where, problem))
+    if not bad:
+        return ds
+    if not args.skip_bad_examples:
+        listed = "\n".join(f"  {where}: {problem}" for _, where, problem in bad[:20])
+        more = f"\n  ... and {len(bad) - 20} more" if len(bad) > 20 else ""
+        raise UserError(
+            f"--data {args.data}: {len(bad)} bad example(s) of {len(ds)}:\n{listed}{more}\n"
+            "fix them, or pass --skip_bad_examples to leave them out"
+        )
+    logger.warning("skipping %d bad example(s) of %d in %s (--skip_bad_examples)", len(bad), len(ds), args.data)
+    for _, where, problem in bad[:20]:
+        logger.warning("  skipped %s: %s", where, problem)
+    bad_rows = {i for i, _, _ in bad}
+    kept = ds.select([i for i in range(len(ds)) if i not in bad_rows])
+    if len(kept) == 0:
+        raise UserError(f"--data {args.data}: every example was bad; nothing left to train on")
+    return kept
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Any PIL mode -> RGB; transparency (RGBA, LA, palette with alpha) composited on white."""
+    if image.mode == "RGB":
+        return image
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+        array = np.asarray(image, dtype=np.float64)
+        # I;16 is 16-bit by definition (a dark image is still dark); plain I may hold 8-bit values
+        scale = 65535.0 if image.mode != "I" or array.max() > 255 else 255.0
+        return Image.fromarray((array / scale * 255).round().clip(0, 255).astype(np.uint8)).convert("RGB")
+    if image.mode == "P" and "transparency" in image.info or image.mode in ("RGBA", "LA", "PA"):
+        rgba = image.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+class ImageTransform:
+    """PIL image -> float tensor (3, R, R) in [0, 1]: RGB, short side to R, crop."""
+
+    def __init__(self, resolution: int, random_crop: bool = False, seed: int = 0) -> None:
+        self.resolution = resolution
+        self.random_crop = random_crop
+        self.rng = random.Random(seed)
+
+    def __call__(self, image: Image.Image) -> torch.Tensor:
+        r = self.resolution
+        image = to_rgb(image)
+        w, h = image.size
+        if min(w, h) != r:
+            scale = r / min(w, h)
+            size = (max(r, round(w * scale)), max(r, round(h * scale)))
+            image = image.resize(size, Image.BICUBIC if scale > 1 else Image.LANCZOS)
+            w, h = image.size
+        if self.random_crop:
+            left, top = self.rng.randint(0, w - r), self.rng.randint(0, h - r)
+        else:
+            left, top = (w - r) // 2, (h - r) // 2
+        if (w, h) != (r, r):
+            image = image.crop((left, top, left + r, top + r))
+        array = np.asarray(image, dtype=np.uint8)
+        return torch.from_numpy(array.copy()).permute(2, 0, 1).float().div_(255.0)
+
+
+class CaptionedImages(torch.utils.data.Dataset):
+    """A map-style torch dataset over a validated `datasets.Dataset`: {"pixel_values", "caption", "index"}."""
+
+    def __init__(self, ds, args: DataArguments, with_captions: bool = True) -> None:
+        self.ds = ds
+        self.image_column = args.image_column
+        self.caption_column = args.caption_column if with_captions else None
+        self.transform = ImageTransform(args.resolution, args.random_crop)
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def __getitem__(self, index: int) -> dict:
+        row = self.ds[int(index)]
+        item = {"pixel_values": self.transform(row[self.image_column]), "index": int(index)}
+        if self.caption_column:
+            item["caption"] = row[self.caption_column]
+        return item
+
+
+def load_image_tensor(ds, args: DataArguments, progress: bool = True) -> torch.Tensor:
+    """Decode and transform every image once into one uint8 tensor (N, 3, R, R).
+
+    Used by the image-tokenizer trainer for sets that fit in memory: a step
+    then costs an index, not a PNG decode.
+    """
+    from tqdm.auto import tqdm
+
+    transform = ImageTransform(args.resolution, random_crop=False)
+    out = torch.empty(len(ds), 3, args.resolution, args.resolution, dtype=torch.uint8)
+    column = ds[args.image_column] if len(ds) <= 50_000 else None
+    for i in tqdm(range(len(ds)), desc="decoding images", disable=not progress, leave=False):
+        image = column[i] if column is not None else ds[i][args.image_column]
+        out[i] = transform(image).mul_(255).round_().to(torch.uint8)
+    return out

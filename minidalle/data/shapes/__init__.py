@@ -1,0 +1,45 @@
+"""The built-in shapes dataset (`generate`) and its judge (`judge`), after `shapes-spec.md`."""
+
+from .generate import (
+    CANVAS,
+    HELD_OUT,
+    PALETTE,
+    POSITION,
+    RELATIONS,
+    SHAPES,
+    SIZES,
+    SPLITS,
+    Scene,
+    ShapeObject,
+    caption_for,
+    full_caption,
+    generate_scene,
+    make_shapes,
+    render_scene,
+    shape_mask,
+)
+from .judge import detect_objects, evaluate_manifest, format_report, judge, parse_caption
+
+__all__ = [
+    "CANVAS",
+    "HELD_OUT",
+    "PALETTE",
+    "POSITION",
+    "RELATIONS",
+    "SHAPES",
+    "SIZES",
+    "SPLITS",
+    "Scene",
+    "ShapeObject",
+    "caption_for",
+    "detect_objects",
+    "evaluate_manifest",
+    "format_report",
+    "full_caption",
+    "generate_scene",
+    "judge",
+    "make_shapes",
+    "parse_caption",
+    "render_scene",
+    "shape_mask",
+]

@@ -1,0 +1,140 @@
+"""The pipeline folder: what stage 2 writes and generation reads.
+
+    PIPELINE/
+      model_index.json     the pipeline's class, each part's [library, class] (as diffusers' model_index),
+                           the image tokenizer's codes hash, the shapes, the version that wrote it
+      image_tokenizer/     an image tokenizer, e.g. minidalle's DiscreteVAE (config.json + model.safetensors)
+      text_tokenizer/      the BPE text tokenizer (tokenizer.json, ...)
+      prior/               minidalle.prior.Prior (config.json + model.safetensors)
+
+Loading checks the index names a MiniDallePipeline, that the prior was trained
+on codes of *this* image tokenizer (the content hash it recorded) and that the
+text tokenizer's vocabulary fits. The image tokenizer loads by the `kind` in its
+own config.json. Folders written before the index named its parts still load.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from transformers import PreTrainedTokenizerFast
+
+from .. import __version__
+from ..errors import UserError
+from ..folders import atomic_folder
+from ..image_tokenizers import ImageTokenizer, load_image_tokenizer
+from ..prior import Prior
+from ..text import load_text_tokenizer
+
+INDEX_NAME = "model_index.json"
+PARTS = ("image_tokenizer", "text_tokenizer", "prior")
+PIPELINE_CLASS = "MiniDallePipeline"
+
+
+def save_pipeline(
+    folder: str | Path, image_tokenizer: ImageTokenizer, text_tokenizer: PreTrainedTokenizerFast, prior: Prior
+) -> Path:
+    """Write a complete pipeline folder atomically (`atomic_folder`)."""
+    with atomic_folder(folder) as tmp:
+        image_tokenizer.save_pretrained(tmp / "image_tokenizer")
+        text_tokenizer.save_pretrained(str(tmp / "text_tokenizer"))
+        prior.save_pretrained(tmp / "prior")
+        index = {
+            "_class_name": PIPELINE_CLASS,
+            "minidalle_version": __version__,
+            "image_tokenizer": ["minidalle", type(image_tokenizer).__name__],
+            "text_tokenizer": ["transformers", type(text_tokenizer).__name__],
+            "prior": ["minidalle", type(prior).__name__],
+            "image_tokenizer_hash": image_tokenizer.codes_hash(),
+            "image_size": image_tokenizer.image_size,
+            "image_grid": image_tokenizer.grid_size,
+            "num_image_codes": image_tokenizer.num_codes,
+            "text_len": prior.config.text_len,
+        }
+        (tmp / INDEX_NAME).write_text(json.dumps(index, indent=2) + "\n")
+    return Path(folder)
+
+
+def read_index(folder: Path) -> dict:
+    """`model_index.json`, checked to describe a minidalle pipeline."""
+    path = folder / INDEX_NAME
+    try:
+        index = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UserError(f"{path}: not a readable pipeline index ({exc})") from None
+    if not isinstance(index, dict) or index.get("_class_name", PIPELINE_CLASS) != PIPELINE_CLASS:
+        found = index.get("_class_name") if isinstance(index, dict) else None
+        raise UserError(f"{folder}: {INDEX_NAME} describes a {found or 'non-pipeline'}, not a {PIPELINE_CLASS}")
+    return index
+
+
+def check_compatible(
+    prior: Prior, image_tokenizer: ImageTokenizer, text_tokenizer: PreTrainedTokenizerFast | None, where: str
+) -> None:
+    """A clear error when the prior was not trained with these tokenizers."""
+    cfg = prior.config
+    if cfg.num_image_codes != image_tokenizer.num_codes or cfg.image_grid != image_tokenizer.grid_size:
+        raise UserError(
+            f"{where}: the prior expects {cfg.num_image_codes} codes on a {cfg.image_grid}x{cfg.image_grid} grid, "
+            f"the image tokenizer has {image_tokenizer.num_codes} on "
+            f"{image_tokenizer.grid_size}x{image_tokenizer.grid_size}"
+        )
+    found = image_tokenizer.codes_hash()
+    if cfg.image_tokenizer_hash and cfg.image_tokenizer_hash != found:
+        raise UserError(
+            f"{where}: the prior was trained with image tokenizer {cfg.image_tokenizer_hash}, "
+            f"but the image tokenizer given is {found}; pair it with the tokenizer it was trained on"
+        )
+    if text_tokenizer is not None and len(text_tokenizer) > cfg.text_vocab_size:
+        raise UserError(
+            f"{where}: the text tokenizer has {len(text_tokenizer)} tokens, the prior only {cfg.text_vocab_size}"
+        )
+
+
+def load_pipeline_parts(
+    folder: str | Path, map_location: str = "cpu"
+) -> tuple[ImageTokenizer, PreTrainedTokenizerFast, Prior]:
+    """Load and cross-check the three parts of a pipeline folder."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise UserError(f"{folder}: no such pipeline folder")
+    missing = [name for name in (INDEX_NAME, *PARTS) if not (folder / name).exists()]
+    if missing:
+        raise UserError(f"{folder}: not a complete pipeline folder (missing {', '.join(missing)})")
+    read_index(folder)
+    image_tokenizer = load_image_tokenizer(folder / "image_tokenizer", map_location)
+    text_tokenizer = load_text_tokenizer(folder / "text_tokenizer")
+    prior = Prior.from_pretrained(folder / "prior", map_location)
+    check_compatible(prior, image_tokenizer, text_tokenizer, str(folder))
+    return image_tokenizer, text_tokenizer, prior
+
+
+def export_pipeline(
+    source: str | Path, target: str | Path, dtype: str = "float16", image_tokenizer: str | Path | None = None
+) -> Path:
+    """Copy a pipeline with its weights stored in `dtype` (e.g. to bundle it small).
+
+    `image_tokenizer` swaps in another image tokenizer with the same codes
+    (e.g. after `train_tokenizer.py --train_decoder_only`); the pairing check
+    refuses one that encodes differently.
+
+    The image tokenizer's weights are rounded to `dtype` first and the prior
+    re-pointed at the rounded tokenizer's content hash, so the exported folder
+    passes the pairing check exactly as loaded.
+    """
+    import torch
+
+    old_tokenizer, text_tokenizer, prior = load_pipeline_parts(source)
+    if image_tokenizer is None:
+        image_tokenizer = old_tokenizer
+    else:
+        where = str(image_tokenizer)
+        image_tokenizer = load_image_tokenizer(image_tokenizer)
+        check_compatible(prior, image_tokenizer, text_tokenizer, where)
+    torch_dtype = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}[dtype]
+    image_tokenizer.to(torch_dtype).float()
+    prior.to(torch_dtype).float()
+    prior.config.image_tokenizer_hash = image_tokenizer.codes_hash()
+    saved = save_pipeline(target, image_tokenizer.to(torch_dtype), text_tokenizer, prior.to(torch_dtype))
+    return saved

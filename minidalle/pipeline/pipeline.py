@@ -1,0 +1,273 @@
+"""MiniDallePipeline: prompts in, PIL images out (the diffusers habit), plus likelihood.
+
+from minidalle import MiniDallePipeline
+pipe = MiniDallePipeline.from_pretrained()            # the bundled shapes model
+out = pipe(["a small red circle in the top left"], num_images_per_prompt=4, seed=0)
+out.images[0].save("circle.png")
+pipe.score(out.images[:1], ["a small red circle in the top left"])   # bits/dim
+pipe.rank_captions(image, ["a red circle", "a blue circle"])        # zero-shot classification
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ..data import ImageTransform
+from ..errors import UserError
+from ..images import to_pil
+from ..metrics import bits_per_dim
+from ..prior import sample_codes
+from ..text import MAX_CAPTION_CHARS, encode_captions
+from .io import load_pipeline_parts
+
+logger = logging.getLogger("minidalle")
+
+DEFAULT_MODEL = Path(__file__).resolve().parents[1] / "default_model"
+
+
+@dataclass
+class PipelineOutput:
+    images: list[Image.Image]  # num_images_per_prompt per prompt, prompt-major
+    codes: torch.Tensor  # (len(images), h*w) image codes
+    prompts: list[str]  # the prompt of each image
+    seeds: list[int]  # the seed that reproduces each image on its own (with batch_size=1, num_candidates=1)
+    scores: list[float] | None = None  # with num_candidates > 1: the `pmi` each image won by (see `score`): of the
+    # tokenizer's codes of the decoded picture, which may differ from `codes`, the codes as sampled
+
+
+def check_prompts(prompts: Sequence[str] | str) -> list[str]:
+    """Validate prompts: a clear error for empty ones, a logged cut for over-long ones."""
+    if isinstance(prompts, str):
+        prompts = [prompts]
+    checked = []
+    for i, prompt in enumerate(prompts):
+        if not isinstance(prompt, str):
+            raise UserError(f"prompt {i + 1} is not text ({type(prompt).__name__})")
+        prompt = " ".join(prompt.replace("\x00", " ").split())  # control whitespace and runs of spaces -> one space
+        if not prompt:
+            raise UserError(f"prompt {i + 1} is empty; give a caption such as 'a small red circle in the top left'")
+        if len(prompt) > MAX_CAPTION_CHARS:
+            logger.warning(
+                "prompt %d has %d characters; only the first %d are read", i + 1, len(prompt), MAX_CAPTION_CHARS
+            )
+            prompt = prompt[:MAX_CAPTION_CHARS].rstrip()
+        checked.append(prompt)
+    if not checked:
+        raise UserError("no prompts given")
+    return checked
+
+
+class MiniDallePipeline:
+    """Image tokenizer + text tokenizer + prior, ready to sample, reconstruct and score."""
+
+    def __init__(self, image_tokenizer, text_tokenizer, prior, device: str | torch.device = "cpu") -> None:
+        self.image_tokenizer = image_tokenizer.eval()
+        self.text_tokenizer = text_tokenizer
+        self.prior = prior.eval()
+        self.device = torch.device(device)
+        self.transform = ImageTransform(image_tokenizer.image_size)
+
+    @classmethod
+    def from_pretrained(
+        cls, folder: str | Path | None = None, device: str | torch.device | None = None
+    ) -> MiniDallePipeline:
+        """Load a pipeline folder (`train_prior.py`'s OUTPUT_DIR/pipeline); None: the bundled default model."""
+        folder = DEFAULT_MODEL if folder is None else Path(folder)
+        if device is None:
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        image_tokenizer, text_tokenizer, prior = load_pipeline_parts(folder)
+        return cls(image_tokenizer.float().to(device), text_tokenizer, prior.float().to(device), device)
+
+    # -------------------------------------------------------------- helpers
+    def _text_tokens(self, prompts: list[str]) -> torch.Tensor:
+        ids, _ = encode_captions(self.text_tokenizer, prompts, self.prior.config.text_len, warn=False)
+        return self.prior.text_tokens(ids.to(self.device), self.text_tokenizer.pad_token_id)
+
+    def _warn_long_prompts(self, prompts: list[str]) -> None:
+        """One warning per call for the distinct prompts longer than the prior's text length (they are cut)."""
+        _, truncated = encode_captions(
+            self.text_tokenizer, list(dict.fromkeys(prompts)), self.prior.config.text_len, warn=False
+        )
+        if truncated:
+            logger.warning(
+                "%d prompt(s) longer than %d text tokens were truncated", truncated, self.prior.config.text_len
+            )
+
+    def _pixels(self, images) -> torch.Tensor:
+        """PIL images or (H, W, 3) uint8 arrays (or a (B, 3, H, W) tensor in [0, 1]) -> model input on the device."""
+        if isinstance(images, torch.Tensor):
+            return images.to(self.device)
+        if isinstance(images, (Image.Image, np.ndarray)):
+            images = [images]
+        images = [Image.fromarray(im) if isinstance(im, np.ndarray) else im for im in images]
+        return torch.stack([self.transform(im) for im in images]).to(self.device)
+
+    to_pil = staticmethod(to_pil)  # (B, 3, H, W) in [0, 1] -> PIL images
+
+    # ------------------------------------------------------------- sampling
+    @torch.inference_mode()
+    def __call__(
+        self,
+        prompts: Sequence[str] | str,
+        num_images_per_prompt: int = 1,
+        guidance_scale: float = 1.5,
+        temperature: float = 0.3,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        seed: int | None = 0,
+        batch_size: int = 16,
+        init_image=None,
+        keep_rows: int = 0,
+        progress: bool = False,
+        compile: bool = False,
+        num_candidates: int = 1,
+    ) -> PipelineOutput:
+        """Sample `num_images_per_prompt` images for each prompt.
+
+        With `init_image` and `keep_rows`, the top `keep_rows` rows of the
+        image's codes are kept and the rest completed (DALL-E, Fig. 2).
+        `compile=True` runs the per-code step through `torch.compile`: each
+        step is faster, after 20-50 s of compilation (a short last batch is
+        padded so that there is one batch shape); the weights are baked into
+        the compiled graph, so do not change `self.prior`'s weights in place
+        afterwards (see `minidalle.prior.sampling`).
+
+        `num_candidates=N` samples N candidates for each image and keeps the one
+        the model itself finds best explained by its prompt: the highest `pmi`
+        (see `score`) of the tokenizer's codes of the decoded candidate, i.e. of
+        the picture as shown, so a decoding that drifts from the prompt counts
+        against it. This is DALL-E's re-ranking of samples, with the prior's
+        own likelihood in place of CLIP. The candidates are exactly the images
+        that `num_images_per_prompt * N` with `num_candidates=1` would give, in
+        groups of N (`batch_size` counts candidates); sampling and decoding cost N
+        times as much, plus one scoring pass. The default here is 1 (plain
+        sampling); sample.py's is 8. Where every candidate would be the same
+        (temperature 0, or every row primed) one is sampled.
+        """
+        from tqdm.auto import tqdm
+
+        prompts = check_prompts(prompts)
+        if num_images_per_prompt < 1 or batch_size < 1 or num_candidates < 1:
+            raise UserError("num_images_per_prompt, batch_size and num_candidates must be >= 1")
+        g = self.prior.config.image_grid
+        if not 0 <= keep_rows <= g:
+            raise UserError(f"keep_rows must be between 0 and {g}")
+        primed = None
+        if init_image is not None and keep_rows:
+            primed = self.image_tokenizer.encode(self._pixels(init_image)[:1]).flatten(1)[:, : keep_rows * g]
+        if num_candidates > 1 and (temperature <= 0 or (primed is not None and keep_rows == g)):
+            logger.info(
+                "every candidate would be the same (temperature 0 or every row primed): sampling one, not %d",
+                num_candidates,
+            )
+            num_candidates = 1
+        self._warn_long_prompts(prompts)
+        flat = [p for p in prompts for _ in range(num_images_per_prompt * num_candidates)]
+        base_seed = int(torch.randint(0, 2**31 - 1, ()).item()) if seed is None else int(seed)
+        codes = []
+        chunks = range(0, len(flat), batch_size)
+        for start in tqdm(chunks, desc="sampling", disable=not progress or len(chunks) < 2, leave=False):
+            batch = flat[start : start + batch_size]
+            n = len(batch)
+            if compile and len(chunks) > 1:  # pad a short last batch: one compiled shape, not two
+                batch = batch + batch[-1:] * (batch_size - n)
+            generator = torch.Generator(device=self.device).manual_seed(base_seed + start)
+            init = primed.expand(len(batch), -1) if primed is not None else None
+            codes.append(
+                sample_codes(
+                    self.prior,
+                    self._text_tokens(batch),
+                    guidance_scale=guidance_scale,
+                    temperature=temperature,
+                    top_k=top_k,
+                    top_p=top_p,
+                    generator=generator,
+                    init_codes=init,
+                    compile=compile,
+                )[:n]
+            )
+        codes = torch.cat(codes)
+        images = self.to_pil(torch.cat([self.image_tokenizer.decode(c) for c in codes.split(64)]))
+        seeds = [base_seed + (i // batch_size) * batch_size for i in range(len(flat))]
+        if num_candidates == 1:
+            return PipelineOutput(images, codes.cpu(), flat, seeds)
+        pmi = torch.tensor([s["pmi"] for s in self._score(images, flat, batch_size, pmi=True, progress=progress)]).view(
+            -1, num_candidates
+        )
+        best = (torch.arange(len(pmi)) * num_candidates + pmi.argmax(1)).tolist()
+        return PipelineOutput(
+            [images[i] for i in best],
+            codes[best].cpu(),
+            [flat[i] for i in best],
+            [seeds[i] for i in best],
+            pmi.max(1).values.tolist(),
+        )
+
+    @torch.inference_mode()
+    def reconstruct(self, images) -> list[Image.Image]:
+        """Images after a round trip through the image tokenizer (encode -> decode)."""
+        return self.to_pil(self.image_tokenizer.reconstruct(self._pixels(images)))
+
+    # ----------------------------------------------------------- likelihood
+    @torch.inference_mode()
+    def score(self, images, captions: Sequence[str] | str, batch_size: int = 64, pmi: bool = True) -> list[dict]:
+        """How likely each image is given its caption, and how much the caption explains it.
+
+        For each (image, caption) pair: `log_prob` = log p(image codes | caption) in nats,
+        `bits_per_dim` = -log2 of it divided by 3*H*W (the cost of the image under the prior
+        given its tokenizer codes, a bound on the pixel likelihood), `log_prob_unconditional`
+        = log p(codes | the empty caption), and `pmi` = their difference, the pointwise mutual
+        information of caption and image: the log-ratio by which the caption makes this image
+        more likely (the implicit classifier of classifier-free guidance). `pmi` is what
+        `__call__(num_candidates=...)` ranks samples by. `pmi=False` skips the empty-caption
+        pass (half the work) and leaves out those two fields.
+        """
+        if isinstance(images, (Image.Image, np.ndarray)):
+            images = [images]
+        captions = check_prompts(captions)
+        if len(captions) == 1 and len(images) > 1:
+            captions = captions * len(images)
+        if len(captions) != len(images):
+            raise UserError(f"score: {len(images)} images but {len(captions)} captions")
+        self._warn_long_prompts(captions)
+        return self._score(images, captions, batch_size, pmi)
+
+    def _score(self, images, captions: list[str], batch_size: int, pmi: bool, progress: bool = False) -> list[dict]:
+        """`score` for checked captions, one per image; images are brought to the device a batch at a time."""
+        from tqdm.auto import tqdm
+
+        results = []
+        chunks = range(0, len(images), batch_size)
+        for start in tqdm(chunks, desc="re-ranking", disable=not progress or len(chunks) < 2, leave=False):
+            codes = self.image_tokenizer.encode(self._pixels(images[start : start + batch_size])).flatten(1)
+            results += self._score_codes(codes, captions[start : start + batch_size], pmi)
+        return results
+
+    def _score_codes(self, codes: torch.Tensor, captions: list[str], pmi: bool) -> list[dict]:
+        """`score`'s figures for image codes (b, N), one caption each, in one batched pass of the prior."""
+        b, dims = len(codes), 3 * self.image_tokenizer.image_size**2
+        text = self._text_tokens(captions)
+        if pmi:  # the caption and the empty caption in one batch
+            text, codes = torch.cat([text, self.prior.empty_text_tokens(b, self.device)]), codes.repeat(2, 1)
+        nll = self.prior.image_nll(text, codes.to(self.device)).tolist()
+        results = []
+        for i, caption in enumerate(captions):
+            result = {"caption": caption, "log_prob": -nll[i], "bits_per_dim": bits_per_dim(nll[i], dims)}
+            if pmi:
+                result.update(log_prob_unconditional=-nll[b + i], pmi=nll[b + i] - nll[i])
+            results.append(result)
+        return results
+
+    def rank_captions(self, image, candidates: Sequence[str]) -> list[tuple[str, float]]:
+        """Candidates ordered from most to least likely for `image`: (caption, log p(codes | caption))."""
+        pixels = self._pixels(image)[:1]
+        # one image: log p given the empty caption is the same for every candidate, so log p ranks as pmi does
+        scores = self.score(pixels.expand(len(candidates), -1, -1, -1), list(candidates), pmi=False)
+        return sorted(((s["caption"], s["log_prob"]) for s in scores), key=lambda pair: -pair[1])

@@ -1,0 +1,139 @@
+"""Next-latent sampling from the prior: the loop, top-k / top-p, temperature, guidance.
+
+The caption (and any primed image rows) is run through the prior once
+(`Prior.prefill`); then every new image code costs one position's work
+(`Prior.step`): its key and value are written into a pre-allocated cache and
+attention reads the cached prefix. The model owns those two passes; this
+module only filters, guides and loops.
+
+Classifier-free guidance runs the caption and the empty caption as one batch
+of 2B and mixes `uncond + s * (cond - uncond)` before sampling (s = 1: off).
+
+The per-code step (`Prior.step`) has static shapes: the cache is full-length
+and a mask hides the positions not yet written, so `compile=True` turns it
+into one `torch.compile` graph (inductor, weights frozen into the graph,
+GEMMs autotuned). That pays where framework overhead and small-batch GEMMs
+dominate (a CPU at small batches: measured 2-3x at batch 1 and 1.6-1.8x at batch 8
+on the peer config, see the README's Performance), costs 20-50 s of
+compilation per batch shape on first use (guidance doubles the batch; a
+smaller last batch is another shape), and bakes the weights into the graph:
+a new prior object is compiled afresh, but weights changed in place after a
+compiled call are not seen. Use it for inference only.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+
+from ..errors import require_cpu_compiler
+from .model import Prior
+
+
+def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
+    """Keep the `top_k` largest logits and the smallest set with probability >= `top_p`; others -> -inf."""
+    if top_k and top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
+        cumulative = sorted_logits.softmax(-1).cumsum(-1)
+        remove = cumulative - sorted_logits.softmax(-1) >= top_p  # keep the token that crosses top_p
+        logits = logits.masked_fill(remove.scatter(-1, order, remove), float("-inf"))
+    return logits
+
+
+def _sample(logits: torch.Tensor, temperature: float, top_k: int, top_p: float, generator) -> torch.Tensor:
+    if temperature <= 0:
+        return logits.argmax(-1)
+    logits = logits.float() / temperature
+    if top_k and top_k < logits.shape[-1]:
+        # draw among the k candidates only (top-p applied within them): the distribution of
+        # filtering all K logits (up to ties at the k-th value: topk keeps exactly k, filter_logits
+        # all tied ones), with the softmax and the sampler's noise over k values instead of K
+        values, indices = torch.topk(logits, top_k, dim=-1)
+        choice = torch.multinomial(filter_logits(values, 0, top_p).softmax(-1), 1, generator=generator)
+        return indices.gather(-1, choice).squeeze(-1)
+    return torch.multinomial(filter_logits(logits, 0, top_p).softmax(-1), 1, generator=generator).squeeze(-1)
+
+
+def decode_step(prior: Prior, codes: torch.Tensor, pos: torch.Tensor, cache) -> torch.Tensor:
+    """`prior.step` as a plain function of the prior: what `compiled_decode_step` compiles."""
+    return prior.step(codes, pos, cache)
+
+
+@functools.cache
+def compiled_decode_step():
+    """`decode_step` through `torch.compile` (made once; dynamo re-specialises per prior and batch shape)."""
+    import torch._inductor.config as inductor_config
+
+    graph = torch.compile(decode_step, dynamic=False)
+
+    def run(*args):
+        # set around the call, not through `options=`: freezing is read outside that patch
+        # (measured: with `options` the weights were not frozen and the step was ~1.6x slower)
+        with inductor_config.patch(
+            freezing=True, max_autotune=True, autotune_num_choices_displayed=0, max_autotune_report_choices_stats=False
+        ):  # no autotuning tables on stderr
+            return graph(*args)
+
+    return run
+
+
+@torch.inference_mode()
+def sample_codes(
+    prior: Prior,
+    text_tokens: torch.Tensor,
+    *,
+    guidance_scale: float = 1.0,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    generator: torch.Generator | None = None,
+    init_codes: torch.Tensor | None = None,
+    use_cache: bool = True,
+    compile: bool = False,
+) -> torch.Tensor:
+    """Sample image codes (B, N) given joint text tokens (B, L) (see `Prior.text_tokens`).
+
+    `init_codes` (B, n) primes the first n codes (image completion); they are kept as given.
+    `use_cache=False` re-runs the whole sequence for every code (slow; for checking the cache).
+    `compile=True` runs each cached step as one compiled graph (see the module docstring).
+    """
+    cfg = prior.config
+    b, n_total = text_tokens.shape[0], cfg.num_image_tokens
+    guided = guidance_scale != 1.0
+    if guided:
+        text_tokens = torch.cat([text_tokens, prior.empty_text_tokens(b, text_tokens.device)])
+    bb = text_tokens.shape[0]
+    codes = torch.zeros(b, n_total, dtype=torch.long, device=text_tokens.device)
+    start = 0
+    if init_codes is not None and init_codes.shape[1]:
+        start = init_codes.shape[1]
+        codes[:, :start] = init_codes
+    if start >= n_total:  # every code primed (keep_rows = grid): nothing to sample, and no room in the cache
+        return codes
+    cache = prior.new_cache(bb, text_tokens.device) if use_cache else None
+    if compile and use_cache and text_tokens.device.type == "cpu":
+        require_cpu_compiler("compile=True (sample.py --compile)")
+    step = compiled_decode_step() if compile and use_cache else decode_step
+
+    def both_branches(c: torch.Tensor) -> torch.Tensor:  # the conditional and unconditional rows share the codes
+        return c.repeat(2, 1) if guided else c
+
+    logits = prior.prefill(text_tokens, both_branches(codes[:, :start]), cache)  # (bb, K): the prompt in one pass
+    pos = torch.tensor(text_tokens.shape[1] + 1 + start, device=text_tokens.device)
+    for j in range(start, n_total):
+        if guided:
+            cond, uncond = logits[:b], logits[b:]
+            logits = uncond + guidance_scale * (cond - uncond)
+        codes[:, j] = _sample(logits, temperature, top_k, top_p, generator)
+        if j == n_total - 1:
+            break
+        if use_cache:
+            logits = step(prior, both_branches(codes[:, j : j + 1]), pos, cache)
+            pos += 1
+        else:
+            logits = prior.prefill(text_tokens, both_branches(codes[:, : j + 1]))
+    return codes

@@ -1,0 +1,225 @@
+"""The step-based training loop both trainers run (nanoGPT's shape, Accelerate's devices).
+
+Schedules are pure functions of the optimizer step, checkpoints hold the step,
+and resuming re-enters the same epoch at the same batch, so a resumed run
+continues the interrupted one. A run trains one or more `TrainPart`s, each a
+model with its own optimizer (a VQ-GAN: the autoencoder and its discriminator).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+
+from ..errors import UserError
+from .checkpoints import TrainState, checkpoint_dirs, save_checkpoint
+from .runtime import TrainingArguments, end_run, set_learning_rate
+
+logger = logging.getLogger("minidalle")
+
+
+def train_loader(dataset, args: TrainingArguments) -> torch.utils.data.DataLoader:
+    """The shuffled training DataLoader. It draws its seeds from its own generator, never from the global
+    RNG: otherwise starting an iterator mid-epoch on resume would shift the global stream (Gumbel noise,
+    caption dropout) and a resumed run would drift from an uninterrupted one."""
+    return torch.utils.data.DataLoader(
+        dataset,
+        batch_size=args.batch_size,
+        shuffle=True,
+        drop_last=True,
+        num_workers=args.num_workers,
+        generator=torch.Generator().manual_seed(args.seed),
+    )
+
+
+def endless_batches(dataloader, accelerator: Accelerator, start_step: int) -> Iterator:
+    """Batches forever, epoch after epoch; on resume, skip what `start_step` optimizer steps consumed.
+
+    The prepared DataLoader uses a seedable sampler, so epoch e has the same
+    order in every run; `skip_first_batches` re-enters it at the right batch.
+    """
+    per_step = accelerator.gradient_accumulation_steps
+    batches_per_epoch = len(dataloader)
+    if batches_per_epoch == 0:
+        raise UserError("the dataset is smaller than one batch; lower --batch_size")
+    epoch, skip = divmod(start_step * per_step, batches_per_epoch)
+    while True:
+        dataloader.set_epoch(epoch)
+        source = accelerator.skip_first_batches(dataloader, skip) if skip else dataloader
+        yield from source
+        epoch, skip = epoch + 1, 0
+
+
+class MetricsLog:
+    """Appends one JSON object per logged step to `OUTPUT_DIR/log.jsonl` and to Accelerate trackers."""
+
+    def __init__(self, accelerator: Accelerator, output_dir: str | Path) -> None:
+        self.accelerator = accelerator
+        self.path = Path(output_dir) / "log.jsonl"
+        self.start = time.time()
+
+    def log(self, step: int, metrics: dict) -> None:
+        metrics = {k: (round(v, 6) if isinstance(v, float) and math.isfinite(v) else v) for k, v in metrics.items()}
+        if self.accelerator.is_main_process:
+            with open(self.path, "a", encoding="utf-8") as f:
+                f.write(json.dumps({"step": step, "time": round(time.time() - self.start, 2), **metrics}) + "\n")
+        self.accelerator.log(metrics, step=step)
+
+
+def _add_into(sums: dict[str, torch.Tensor], values: dict[str, torch.Tensor]) -> None:
+    """sums[k] += values[k], on the device (no host sync)."""
+    for key, value in values.items():
+        sums[key] = sums[key] + value if key in sums else value
+
+
+@dataclass
+class TrainPart:
+    """A model trained with its own optimizer. The peak learning rate defaults to `--learning_rate`;
+    every part follows the same warm-up and cosine schedule of the step."""
+
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    name: str = "model"
+    learning_rate: float | None = None
+
+
+def _clip(accelerator: Accelerator, parts: list[TrainPart], max_norm: float) -> list[torch.Tensor]:
+    """Clip each part's gradient norm separately; returns the norms (all-reduced, so equal on every process).
+
+    `accelerator.clip_grad_norm_` unscales every optimizer's gradients (fp16) on its first call, so the
+    other parts are clipped directly: a second unscale would be an error."""
+    first, *others = parts
+    norms = [accelerator.clip_grad_norm_(first.model.parameters(), max_norm)]
+    return norms + [torch.nn.utils.clip_grad_norm_(p.model.parameters(), max_norm) for p in others]
+
+
+def train_loop(
+    accelerator: Accelerator,
+    args: TrainingArguments,
+    parts: list[TrainPart],
+    loader,
+    state: TrainState,
+    step_fn,
+    on_log=None,
+    on_step=None,
+    desc: str = "training",
+) -> None:
+    """The step-based loop both trainers run, over one or more `TrainPart`s.
+
+    `step_fn(batch, step) -> (loss, metrics)`: the forward pass. With several parts
+    the loss is their sum, written so that each part's gradient is its own objective
+    (a generator term uses the discriminator's parameters detached, the discriminator's
+    term the generator's output detached): one backward pass serves every part. Each
+    part is clipped on its own; a step whose gradients are non-finite in any part is
+    skipped for all. `metrics` maps names to tensors averaged on the device over each
+    logging window (no host sync inside a step). `on_log(step, means) -> dict` adds
+    figures derived from the window means; `on_step(step)` runs after every optimizer
+    step (pictures, evaluation). The learning rates are pure functions of the step.
+    """
+    from tqdm.auto import tqdm
+
+    from .schedules import learning_rate
+
+    if len(parts) > 1 and accelerator.scaler is not None:
+        # Accelerate's optimizer wrapper updates the fp16 grad scaler after every optimizer step
+        raise UserError(
+            "--mixed_precision fp16 trains one model only; use bf16 (or no) for a run with several optimizers"
+        )
+    models = [p.model for p in parts]
+    max_norm = args.max_grad_norm if args.max_grad_norm > 0 else math.inf
+    log = MetricsLog(accelerator, args.output_dir)
+    window: dict[str, torch.Tensor] = {}  # sums over the good steps of the logging window
+    pending: dict[str, torch.Tensor] = {}  # this step's micro-batches, added to the window once the step is good
+    count = pending_count = skipped = bad_in_a_row = 0
+    bar = tqdm(
+        total=args.max_steps, initial=state.step, disable=not accelerator.is_main_process, desc=desc, dynamic_ncols=True
+    )
+    for model in models:
+        model.train()
+    for batch in endless_batches(loader, accelerator, state.step):
+        if state.step >= args.max_steps:
+            break
+        lrs = [
+            learning_rate(
+                state.step, p.learning_rate or args.learning_rate, args.warmup_steps, args.max_steps, args.min_lr_ratio
+            )
+            for p in parts
+        ]
+        with accelerator.accumulate(*models):
+            with accelerator.autocast():
+                loss, metrics = step_fn(batch, state.step)
+            accelerator.backward(loss)
+            finite = True
+            if accelerator.sync_gradients:
+                # The all-reduced gradient norms are the same on every process, so all of them agree on a skip;
+                # a NaN/inf loss anywhere makes them non-finite. One host sync per optimizer step.
+                finite = bool(torch.isfinite(torch.stack(_clip(accelerator, parts, max_norm))).all())
+            for part, lr in zip(parts, lrs):
+                set_learning_rate(part.optimizer, lr)
+                if finite or accelerator.scaler is not None:
+                    part.optimizer.step()  # fp16: the grad scaler skips an overflowing step itself and lowers its scale
+                part.optimizer.zero_grad(set_to_none=True)
+        _add_into(pending, {k: v.detach().float() for k, v in {"loss": loss, **metrics}.items()})
+        pending_count += 1
+        if not accelerator.sync_gradients:
+            continue
+        if finite:
+            bad_in_a_row = 0
+            _add_into(window, pending)
+            count += pending_count
+        else:
+            # The step still counts (data position and schedules stay functions of the step, so a resume
+            # is exact); only the update is dropped, with this step's metrics. Under fp16 an overflow with a
+            # finite loss is the scaler settling its scale: counted, but it does not stop the run.
+            skipped += 1
+            if accelerator.scaler is None:
+                bad_in_a_row += 1
+            else:  # a collective check, so that every process counts alike
+                loss_bad = accelerator.reduce((~torch.isfinite(pending["loss"])).float(), reduction="sum")
+                bad_in_a_row = bad_in_a_row + 1 if bool(loss_bad > 0) else 0
+            logger.warning(
+                "step %d: non-finite loss or gradients, update skipped (%d in a row, %d in all)",
+                state.step + 1,
+                bad_in_a_row,
+                skipped,
+            )
+            if bad_in_a_row >= args.max_nonfinite_steps:
+                bar.close()
+                kept = checkpoint_dirs(args.output_dir)
+                where = (
+                    f"the last good checkpoint is kept: {kept[-1]}" if kept else "no checkpoint had been written yet"
+                )
+                end_run(accelerator)
+                raise UserError(
+                    f"training stopped at step {state.step + 1}: {bad_in_a_row} steps in a row had a non-finite "
+                    f"loss or gradients; {where} (try a lower --learning_rate or --mixed_precision no)"
+                )
+        pending, pending_count = {}, 0
+        state.step += 1
+        bar.update(1)
+        if state.step % args.logging_steps == 0 or state.step == args.max_steps:
+            figures = {}
+            if count:
+                means = {k: accelerator.reduce(v / count, reduction="mean") for k, v in window.items()}
+                figures = {k: v.item() for k, v in means.items() if v.ndim == 0}
+                if on_log is not None:
+                    figures.update(on_log(state.step, means))
+            figures["lr"] = lrs[0]
+            figures.update({f"lr_{p.name}": lr for p, lr in zip(parts[1:], lrs[1:])})
+            figures["skipped_steps"] = skipped
+            log.log(state.step, figures)
+            bar.set_postfix({k: f"{figures[k]:.4g}" for k in list(figures)[:3]})
+            window, count = {}, 0
+        if on_step is not None:
+            on_step(state.step)
+        if args.checkpointing_steps and state.step % args.checkpointing_steps == 0 and state.step < args.max_steps:
+            save_checkpoint(accelerator, args, state.step)
+    bar.close()
