@@ -2,7 +2,7 @@
 """Stage 1: train the dVAE IMAGE tokenizer. See `python train_tokenizer.py --help`."""
 
 from minidalle.cli.args import run_main
-from minidalle.cli.train_tokenizer import main
+from minidalle.cli.train import train_tokenizer_main as main
 
 if __name__ == "__main__":
     run_main(main)

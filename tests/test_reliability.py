@@ -22,8 +22,8 @@ from accelerate.state import AcceleratorState
 
 import minidalle.training.checkpoints as checkpointing
 import minidalle.training.runtime as runtime
-from minidalle.cli.train_prior import main as prior_main
-from minidalle.cli.train_tokenizer import main as tokenizer_main
+from minidalle.cli.train import train_prior_main as prior_main
+from minidalle.cli.train import train_tokenizer_main as tokenizer_main
 from minidalle.errors import UserError
 from minidalle.image_tokenizers import DiscreteVAE, DVAEConfig
 from minidalle.prior import Prior

@@ -14,7 +14,7 @@ from accelerate.state import AcceleratorState
 
 import minidalle.training.prior_trainer as train_prior_module
 from minidalle import MiniDallePipeline
-from minidalle.cli.train_prior import main as train_main
+from minidalle.cli.train import train_prior_main as train_main
 from minidalle.errors import UserError
 from minidalle.image_tokenizers import DiscreteVAE, DVAEConfig
 from minidalle.prior import Prior

@@ -10,7 +10,7 @@ import pytest
 import torch
 from accelerate.state import AcceleratorState
 
-from minidalle.cli.train_tokenizer import main as train_main
+from minidalle.cli.train import train_tokenizer_main as train_main
 from minidalle.errors import UserError
 from minidalle.image_tokenizers import DiscreteVAE
 

@@ -12,46 +12,26 @@ import sys
 
 from .args import run_main
 
-# name -> (module, function, one-line help)
-COMMANDS: dict[str, tuple[str, str, str]] = {
-    "make-shapes": ("minidalle.cli.datasets", "make_shapes_main", "write the built-in shapes dataset (imagefolder)"),
-    "eval-shapes": (
-        "minidalle.cli.datasets",
-        "eval_shapes_main",
-        "judge generated shapes images against their prompts",
-    ),
-    "export-dataset": (
-        "minidalle.cli.datasets",
-        "export_dataset_main",
-        "export a captioned set shipped in a package (emoji, mnist)",
-    ),
-    "train-tokenizer": ("minidalle.cli.train_tokenizer", "main", "stage 1: train the dVAE image tokenizer"),
-    "sample": ("minidalle.cli.sample", "main", "prompts -> PNG images (bundled model by default)"),
-    "score": ("minidalle.cli.score", "score_main", "log p(image | caption) in bits/dim, or rank captions for an image"),
-    "train-prior": (
-        "minidalle.cli.train_prior",
-        "main",
-        "stage 2: train or fine-tune the prior over text + image codes",
-    ),
-    "export-pipeline": (
-        "minidalle.cli.export_pipeline",
-        "export_pipeline_main",
-        "copy a pipeline folder with float16/bfloat16 weights",
-    ),
-    "encode": ("minidalle.cli.codes", "encode_main", "encode a dataset once into image-tokenizer codes"),
-    "codebook": ("minidalle.cli.codes", "codebook_main", "draw every code of an image tokenizer as a sheet"),
-    "reconstruct": (
-        "minidalle.cli.codes",
-        "reconstruct_main",
-        "round-trip images through an image tokenizer; PSNR + manifest",
-    ),
+# name -> (module.function inside minidalle.cli, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "make-shapes": ("datasets.make_shapes_main", "write the built-in shapes dataset (imagefolder)"),
+    "eval-shapes": ("datasets.eval_shapes_main", "judge generated shapes images against their prompts"),
+    "export-dataset": ("datasets.export_dataset_main", "export a captioned set shipped in a package (emoji, mnist)"),
+    "train-tokenizer": ("train.train_tokenizer_main", "stage 1: train the dVAE image tokenizer"),
+    "sample": ("sample.main", "prompts -> PNG images (bundled model by default)"),
+    "score": ("score.score_main", "log p(image | caption) in bits/dim, or rank captions for an image"),
+    "train-prior": ("train.train_prior_main", "stage 2: train or fine-tune the prior over text + image codes"),
+    "export-pipeline": ("export_pipeline.export_pipeline_main", "copy a pipeline folder with float16/bfloat16 weights"),
+    "encode": ("codes.encode_main", "encode a dataset once into image-tokenizer codes"),
+    "codebook": ("codes.codebook_main", "draw every code of an image tokenizer as a sheet"),
+    "reconstruct": ("codes.reconstruct_main", "round-trip images through an image tokenizer; PSNR + manifest"),
 }
 
 
 def usage() -> str:
     width = max(len(n) for n in COMMANDS)
     lines = ["usage: minidalle COMMAND [flags]   (minidalle COMMAND --help for its flags)", "", "commands:"]
-    lines += [f"  {name.ljust(width)}  {help_}" for name, (_, _, help_) in COMMANDS.items()]
+    lines += [f"  {name.ljust(width)}  {help_}" for name, (_, help_) in COMMANDS.items()]
     return "\n".join(lines)
 
 
@@ -64,8 +44,8 @@ def main(argv: list[str] | None = None) -> None:
     if name not in COMMANDS:
         print(f"error: unknown command {argv[0]!r}\n\n{usage()}", file=sys.stderr)
         raise SystemExit(2)
-    module, function, _ = COMMANDS[name]
-    entry = getattr(importlib.import_module(module), function)
+    module, function = COMMANDS[name][0].rsplit(".", 1)
+    entry = getattr(importlib.import_module(f"minidalle.cli.{module}"), function)
     run_main(lambda: entry(argv[1:]))
 
 

@@ -9,6 +9,7 @@ Every command describes its flags as dataclasses and parses them with
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import sys
 from collections.abc import Callable, Sequence
@@ -20,7 +21,7 @@ from transformers import HfArgumentParser
 from ..errors import UserError
 from ..options import arg
 
-__all__ = ["UserError", "arg", "load_config_file", "parse_args", "run_main"]
+__all__ = ["UserError", "arg", "command", "load_config_file", "parse_args", "run_main"]
 
 
 def load_config_file(path: str | Path) -> dict:
@@ -89,6 +90,38 @@ def parse_args(
         delattr(namespace, "config")
     outputs.append(namespace)
     return tuple(outputs)
+
+
+def command(
+    *dataclass_types: type,
+    prog: str,
+    description: str,
+    positional: dict[str, dict] | None = None,
+    required: Sequence[str] = (),
+) -> Callable:
+    """Decorator: `run(*parsed)` becomes the command `main(argv=None)`, which parses `argv` first.
+
+    `parsed` holds one instance of each dataclass type, then a namespace with the
+    `positional` arguments (name -> `argparse` keywords). `required` names fields of
+    the first dataclass that must be given: if one is empty, a `UserError` names them all.
+    """
+
+    def add_positional(parser: HfArgumentParser) -> None:
+        for name, keywords in (positional or {}).items():
+            parser.add_argument(name, **keywords)
+
+    def decorate(run: Callable) -> Callable:
+        @functools.wraps(run)
+        def main(argv: Sequence[str] | None = None):
+            parsed = parse_args(dataclass_types, argv, prog=prog, description=description, add_arguments=add_positional)
+            if any(not getattr(parsed[0], name) for name in required):
+                flags = " and ".join(f"--{name}" for name in required)
+                raise UserError(f"{flags} {'is' if len(required) == 1 else 'are'} required")
+            return run(*parsed)
+
+        return main
+
+    return decorate
 
 
 def run_main(main: Callable[[], Any]) -> None:

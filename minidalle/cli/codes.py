@@ -16,7 +16,7 @@ from ..image_tokenizers import load_image_tokenizer
 from ..images import save_image_grid, save_png
 from ..metrics import codebook_stats, psnr
 from ..training.encode import INFO_NAME, codebook_sheet, encode_dataset, encode_to_disk
-from .args import UserError, arg, parse_args
+from .args import arg, command
 
 
 @dataclass
@@ -30,15 +30,14 @@ class EncodeArguments:
     batch_size: int = arg(256, help="Images per encoder batch.")
 
 
-def encode_main(argv: list[str] | None = None) -> None:
-    enc, data_args, _ = parse_args(
-        [EncodeArguments, DataArguments],
-        argv,
-        prog="minidalle encode",
-        description="Encode every image of a captioned dataset into image-tokenizer codes, once, for stage 2.",
-    )
-    if not enc.image_tokenizer or not enc.out:
-        raise UserError("--image_tokenizer and --out are required")
+@command(
+    EncodeArguments,
+    DataArguments,
+    prog="minidalle encode",
+    description="Encode every image of a captioned dataset into image-tokenizer codes, once, for stage 2.",
+    required=("image_tokenizer", "out"),
+)
+def encode_main(enc: EncodeArguments, data_args: DataArguments, _) -> None:
     out = encode_to_disk(enc.image_tokenizer, data_args, enc.out, enc.batch_size)
     info = json.loads((out / INFO_NAME).read_text())
     print(
@@ -55,15 +54,13 @@ class CodebookArguments:
     max_examples: int = arg(2000, help="With --data: encode at most this many images to count usage.")
 
 
-def codebook_main(argv: list[str] | None = None) -> None:
-    (args, _) = parse_args(
-        [CodebookArguments],
-        argv,
-        prog="minidalle codebook",
-        description="Draw every code of an image tokenizer (a grid filled with code k) as one sheet.",
-    )
-    if not args.image_tokenizer:
-        raise UserError("--image_tokenizer is required")
+@command(
+    CodebookArguments,
+    prog="minidalle codebook",
+    description="Draw every code of an image tokenizer (a grid filled with code k) as one sheet.",
+    required=("image_tokenizer",),
+)
+def codebook_main(args: CodebookArguments, _) -> None:
     tokenizer = load_image_tokenizer(args.image_tokenizer)
     order = None
     if args.data:
@@ -86,16 +83,15 @@ class ReconstructArguments:
     batch_size: int = arg(128, help="Images per batch.")
 
 
-def reconstruct_main(argv: list[str] | None = None) -> None:
+@command(
+    ReconstructArguments,
+    DataArguments,
+    prog="minidalle reconstruct",
+    description="Reconstruct images through the image tokenizer (encode -> decode) and report PSNR.",
+    required=("image_tokenizer", "out"),
+)
+def reconstruct_main(args: ReconstructArguments, data_args: DataArguments, _) -> None:
     """Round-trip a dataset through the image tokenizer; write PNGs, a manifest and PSNR / codebook figures."""
-    args, data_args, _ = parse_args(
-        [ReconstructArguments, DataArguments],
-        argv,
-        prog="minidalle reconstruct",
-        description="Reconstruct images through the image tokenizer (encode -> decode) and report PSNR.",
-    )
-    if not args.image_tokenizer or not args.out:
-        raise UserError("--image_tokenizer and --out are required")
     tokenizer = load_image_tokenizer(args.image_tokenizer)
     data_args = DataArguments(**{**asdict(data_args), "resolution": tokenizer.image_size})
     ds = load_captioned_dataset(data_args, require_captions=True)

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from ..data.exporters import export_emoji, export_mnist
 from ..data.shapes import SPLITS, evaluate_manifest, format_report, make_shapes
-from .args import UserError, arg, parse_args
+from .args import UserError, arg, command
 
 
 @dataclass
@@ -26,11 +26,9 @@ class MakeShapesArgs:
     progress: bool = arg(True, help="Show a progress bar (turn off with --no-progress).")
 
 
-def make_shapes_main(argv: list[str] | None = None) -> None:
+@command(MakeShapesArgs, prog="minidalle make-shapes", description="Write the built-in shapes dataset.")
+def make_shapes_main(args: MakeShapesArgs, _) -> None:
     """`minidalle make-shapes --out DIR --split train|zeroshot --num N --seed S [--workers W]`."""
-    args, _ = parse_args(
-        [MakeShapesArgs], argv, prog="minidalle make-shapes", description="Write the built-in shapes dataset."
-    )
     if args.split not in SPLITS:
         raise UserError(f"--split: unknown split {args.split!r}; expected one of {', '.join(SPLITS)}")
     if args.num < 1:
@@ -50,21 +48,16 @@ class EvalShapesArgs:
     json: bool = arg(False, help="Print the report as one JSON object instead of a table.")
 
 
-def eval_shapes_main(argv: list[str] | None = None) -> None:
+@command(
+    EvalShapesArgs,
+    prog="minidalle eval-shapes",
+    description="Judge generated shapes images against their prompts.",
+    positional={
+        "manifest": dict(help='A JSONL file, one {"prompt": ..., "file": ...} per line; files relative to its folder.')
+    },
+)
+def eval_shapes_main(args: EvalShapesArgs, extra) -> None:
     """`minidalle eval-shapes MANIFEST.jsonl [--json]`."""
-
-    def add_manifest(parser) -> None:
-        parser.add_argument(
-            "manifest", help='A JSONL file, one {"prompt": ..., "file": ...} per line; files relative to its folder.'
-        )
-
-    args, extra = parse_args(
-        [EvalShapesArgs],
-        argv,
-        prog="minidalle eval-shapes",
-        description="Judge generated shapes images against their prompts.",
-        add_arguments=add_manifest,
-    )
     report = evaluate_manifest(extra.manifest)
     print(json.dumps(report) if args.json else format_report(report))
 
@@ -77,19 +70,14 @@ class ExportArgs:
     limit: int | None = arg(None, help="Keep at most this many images per split (for a quick try).")
 
 
-def export_dataset_main(argv: list[str] | None = None) -> None:
+@command(
+    ExportArgs,
+    prog="minidalle export-dataset",
+    description="Export a captioned image set shipped in an installed package as imagefolders.",
+    positional={"name": dict(choices=["emoji", "mnist"], help="Which packaged dataset to export.")},
+)
+def export_dataset_main(args: ExportArgs, extra) -> None:
     """`minidalle export-dataset emoji|mnist --out DIR [--resolution 64] [--test_fraction 0.1]`."""
-
-    def add_name(parser) -> None:
-        parser.add_argument("name", choices=["emoji", "mnist"], help="Which packaged dataset to export.")
-
-    args, extra = parse_args(
-        [ExportArgs],
-        argv,
-        prog="minidalle export-dataset",
-        description="Export a captioned image set shipped in an installed package as imagefolders.",
-        add_arguments=add_name,
-    )
     if extra.name == "emoji":
         export_emoji(args.out, resolution=args.resolution, test_fraction=args.test_fraction, limit=args.limit)
         return

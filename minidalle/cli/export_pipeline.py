@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..pipeline.io import export_pipeline
-from .args import UserError, arg, parse_args
+from .args import UserError, arg, command
 
 
 @dataclass
@@ -18,15 +18,13 @@ class ExportArguments:
     )
 
 
-def export_pipeline_main(argv: list[str] | None = None) -> None:
-    (args, _) = parse_args(
-        [ExportArguments],
-        argv,
-        prog="minidalle export-pipeline",
-        description="Copy a pipeline folder with its weights stored in a smaller dtype.",
-    )
-    if not args.source or not args.out:
-        raise UserError("--source and --out are required")
+@command(
+    ExportArguments,
+    prog="minidalle export-pipeline",
+    description="Copy a pipeline folder with its weights stored in a smaller dtype.",
+    required=("source", "out"),
+)
+def export_pipeline_main(args: ExportArguments, _) -> None:
     if args.dtype not in ("float16", "bfloat16", "float32"):
         raise UserError(f"--dtype must be float16, bfloat16 or float32, got {args.dtype!r}")
     out = export_pipeline(args.source, args.out, args.dtype, args.image_tokenizer or None)

@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .args import UserError, arg, parse_args
+from .args import UserError, arg, command
 
 
 @dataclass
@@ -64,20 +64,17 @@ def read_prompts(positional: list[str], prompts_file: str) -> list[str]:
     return prompts
 
 
-def main(argv: list[str] | None = None) -> None:
+@command(
+    SampleArguments,
+    prog="sample.py",
+    description="Generate images from text prompts with a minidalle pipeline.",
+    positional={"prompts": dict(nargs="*", help="Prompts, e.g. 'a small red circle in the top left'.")},
+)
+def main(args: SampleArguments, extra) -> None:
     from ..data.imagefolder import prepare_out_dir
     from ..images import save_image_grid, save_png
     from ..pipeline import MiniDallePipeline, check_prompts
 
-    args, extra = parse_args(
-        [SampleArguments],
-        argv,
-        prog="sample.py",
-        description="Generate images from text prompts with a minidalle pipeline.",
-        add_arguments=lambda p: p.add_argument(
-            "prompts", nargs="*", help="Prompts, e.g. 'a small red circle in the top left'."
-        ),
-    )
     prompts = check_prompts(read_prompts(extra.prompts, args.prompts_file))
     if args.num_images < 1 or args.num_candidates < 1:
         raise UserError("--num_images and --num_candidates must be >= 1")

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from PIL import Image, UnidentifiedImageError
 
-from .args import UserError, arg, parse_args
+from .args import UserError, arg, command
 
 
 @dataclass
@@ -37,16 +37,15 @@ def open_image(path: str) -> Image.Image:
         raise UserError(f"{path}: cannot read the image ({exc})") from None
 
 
-def score_main(argv: list[str] | None = None) -> None:
+@command(
+    ScoreArguments,
+    prog="minidalle score",
+    description="Likelihood of images given captions under a minidalle prior (bits/dim), or caption ranking.",
+    positional={"images": dict(nargs="+", help="Image files to score.")},
+)
+def score_main(args: ScoreArguments, extra) -> None:
     from ..pipeline import MiniDallePipeline
 
-    args, extra = parse_args(
-        [ScoreArguments],
-        argv,
-        prog="minidalle score",
-        description="Likelihood of images given captions under a minidalle prior (bits/dim), or caption ranking.",
-        add_arguments=lambda p: p.add_argument("images", nargs="+", help="Image files to score."),
-    )
     candidates = [c.strip() for c in args.candidates.split("|") if c.strip()]
     if bool(args.caption) == bool(candidates):
         raise UserError("give either --caption or --candidates")

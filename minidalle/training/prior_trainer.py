@@ -3,7 +3,7 @@
     python train_prior.py --data data/shapes-train --image_tokenizer runs/tok/image_tokenizer --output_dir runs/prior
     python train_prior.py --data my-images --init_from runs/prior/pipeline --learning_rate 1e-4 --freeze_blocks 2 ...
 
-(the command line is `minidalle.cli.train_prior`; `train` here is the library entry point.)
+(the command line is `minidalle.cli.train`; `train` here is the library entry point.)
 
 Images are encoded once into codes (cached beside the data, keyed by the
 image tokenizer's content hash; `--codes DIR` names a cache explicitly), the
@@ -31,18 +31,11 @@ from ..options import arg
 from ..pipeline.io import check_compatible, load_pipeline_parts, save_pipeline
 from ..prior import PRESETS, Prior, PriorConfig, sample_codes
 from ..text import encode_captions, load_text_tokenizer, token_lengths, train_text_tokenizer
+from . import runtime
 from .checkpoints import restore_state, save_checkpoint
 from .encode import encode_to_disk, load_codes
 from .loop import TrainPart, train_loader, train_loop
-from .runtime import (
-    TrainingArguments,
-    build_optimizer,
-    check_free_space,
-    end_run,
-    make_accelerator,
-    maybe_compile,
-    write_run_summary,
-)
+from .runtime import TrainingArguments
 
 logger = logging.getLogger("minidalle")
 
@@ -118,7 +111,7 @@ def _load_start(prior_args: PriorArguments):
 
 
 def train(data_args: DataArguments, args: TrainingArguments, prior_args: PriorArguments) -> Path:
-    accelerator = make_accelerator(args)
+    accelerator = runtime.make_accelerator(args)
     main = accelerator.is_main_process
     out_dir = writable_folder(args.output_dir, "--output_dir")
     image_tokenizer, text_tokenizer, init_prior = _load_start(prior_args)
@@ -187,10 +180,10 @@ def train(data_args: DataArguments, args: TrainingArguments, prior_args: PriorAr
     eval_captions = captions[n_train:]
     loader = train_loader(train_set, args)
 
-    check_free_space(args, model)
-    optimizer = build_optimizer(model, args)
+    runtime.check_free_space(args, model)
+    optimizer = runtime.build_optimizer(model, args)
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
-    maybe_compile(accelerator, model, args)
+    runtime.maybe_compile(accelerator, model, args)
     image_tokenizer.to(accelerator.device)
     raw_model = accelerator.unwrap_model(model)
     state = restore_state(accelerator, args)
@@ -262,7 +255,7 @@ def train(data_args: DataArguments, args: TrainingArguments, prior_args: PriorAr
 
     train_loop(accelerator, args, [TrainPart(model, optimizer)], loader, state, step_fn, on_log, on_step, desc="prior")
     save_checkpoint(accelerator, args, state.step)
-    write_run_summary(accelerator, args, model, state.step)
+    runtime.write_run_summary(accelerator, args, model, state.step)
     final = out_dir / "pipeline"
     if main:
         save_pipeline(final, image_tokenizer.cpu(), text_tokenizer, raw_model.cpu().eval())
@@ -270,7 +263,7 @@ def train(data_args: DataArguments, args: TrainingArguments, prior_args: PriorAr
             result = {"step": state.step, **validate(raw_model, eval_text, eval_codes, pixels_per_image)}
             (out_dir / "eval.json").write_text(json.dumps(result, indent=2) + "\n")
         logger.info("saved the pipeline to %s", final)
-    end_run(accelerator)
+    runtime.end_run(accelerator)
     return final
 
 

@@ -3,7 +3,7 @@
     python train_tokenizer.py --data data/shapes-train --output_dir runs/tok
     accelerate launch --multi_gpu --num_processes 2 train_tokenizer.py ...   # several processes
 
-(the command line is `minidalle.cli.train_tokenizer`; `train` here is the library entry point.)
+(the command line is `minidalle.cli.train`; `train` here is the library entry point.)
 
 Writes OUTPUT_DIR/log.jsonl (one JSON object per logged step),
 OUTPUT_DIR/checkpoints/step-N (resumable with --resume_from_checkpoint latest),
@@ -27,18 +27,10 @@ from ..image_tokenizers import PRESETS, QUANTIZERS, DiscreteVAE, DVAEConfig, tok
 from ..images import save_image_grid
 from ..metrics import codebook_stats, psnr
 from ..options import arg
-from . import schedules
+from . import runtime, schedules
 from .checkpoints import restore_state, save_checkpoint
 from .loop import TrainPart, train_loader, train_loop
-from .runtime import (
-    TrainingArguments,
-    build_optimizer,
-    check_free_space,
-    end_run,
-    make_accelerator,
-    maybe_compile,
-    write_run_summary,
-)
+from .runtime import TrainingArguments
 
 logger = logging.getLogger("minidalle")
 
@@ -139,7 +131,7 @@ def evaluate(model: DiscreteVAE, images: torch.Tensor, batch_size: int = 128) ->
 
 
 def train(data_args: DataArguments, args: TrainingArguments, tok_args: TokenizerArguments) -> Path:
-    accelerator = make_accelerator(args)
+    accelerator = runtime.make_accelerator(args)
     main = accelerator.is_main_process
     out_dir = writable_folder(args.output_dir, "--output_dir")
     if tok_args.init_from:
@@ -178,10 +170,10 @@ def train(data_args: DataArguments, args: TrainingArguments, tok_args: Tokenizer
     model = (start or DiscreteVAE(config)).to(memory_format=torch.channels_last)  # faster convolutions (oneDNN, cuDNN)
     if tok_args.train_decoder_only:
         model.encoder.requires_grad_(False)
-    check_free_space(args, model)
-    optimizer = build_optimizer(model, args)
+    runtime.check_free_space(args, model)
+    optimizer = runtime.build_optimizer(model, args)
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
-    maybe_compile(accelerator, model, args)
+    runtime.maybe_compile(accelerator, model, args)
     state = restore_state(accelerator, args)
     if main:
         (out_dir / "train_config.json").write_text(
@@ -268,7 +260,7 @@ def train(data_args: DataArguments, args: TrainingArguments, tok_args: Tokenizer
     )
 
     save_checkpoint(accelerator, args, state.step)
-    write_run_summary(accelerator, args, model, state.step)
+    runtime.write_run_summary(accelerator, args, model, state.step)
     final = out_dir / "image_tokenizer"
     if main:
         raw_model.save_pretrained(final)
@@ -282,7 +274,7 @@ def train(data_args: DataArguments, args: TrainingArguments, tok_args: Tokenizer
                 len(eval_images),
             )
         logger.info("saved the image tokenizer to %s", final)
-    end_run(accelerator)
+    runtime.end_run(accelerator)
     return final
 
 
