@@ -58,7 +58,7 @@ class PriorArguments:
     loss_img_weight: float = arg(7.0, help="w in (L_text + w * L_image) / (1 + w).")
     freeze_blocks: int = arg(0, help="Fine-tuning: keep the first N transformer blocks (and the embeddings) fixed.")
     gradient_checkpointing: bool = arg(
-        False, help="Recompute activations in the backward pass (less memory, ~30%% slower)."
+        False, help="Recompute activations in the backward pass: less memory, slower steps."
     )
     eval_examples: int = arg(500, help="Examples held out of --data for validation.")
     eval_steps: int = arg(500, help="Validate (image-token NLL, bits/dim) and draw samples every N steps.")
@@ -112,7 +112,7 @@ def _load_start(prior_args: PriorArguments):
 
 def train(data_args: DataArguments, args: TrainingArguments, prior_args: PriorArguments) -> Path:
     accelerator = runtime.make_accelerator(args)
-    main = accelerator.is_main_process
+    is_main = accelerator.is_main_process
     out_dir = writable_folder(args.output_dir, "--output_dir")
     image_tokenizer, text_tokenizer, init_prior = _load_start(prior_args)
     codes_ds, codes_info = _codes_cache(data_args, prior_args, image_tokenizer, out_dir, accelerator)
@@ -123,14 +123,14 @@ def train(data_args: DataArguments, args: TrainingArguments, prior_args: PriorAr
         text_tokenizer = load_text_tokenizer(prior_args.text_tokenizer)
     elif text_tokenizer is None:
         tok_dir = out_dir / "text_tokenizer"
-        if main and not (tok_dir / "tokenizer.json").is_file():
+        if is_main and not (tok_dir / "tokenizer.json").is_file():
             train_text_tokenizer(captions, prior_args.text_vocab_size).save_pretrained(str(tok_dir))
         accelerator.wait_for_everyone()
         text_tokenizer = load_text_tokenizer(tok_dir)
     if init_prior is not None and prior_args.text_len != init_prior.config.text_len:
         prior_args.text_len = init_prior.config.text_len  # a fine-tuned prior keeps its text length
     text_ids, truncated = encode_captions(text_tokenizer, captions, prior_args.text_len, warn=False)
-    if truncated and main:
+    if truncated and is_main:
         lengths = token_lengths(text_tokenizer, captions)
         logger.warning(
             "%d of %d captions are longer than --text_len %d tokens and were truncated (longest: %d)",
@@ -192,7 +192,7 @@ def train(data_args: DataArguments, args: TrainingArguments, prior_args: PriorAr
         dict.fromkeys(eval_captions)
     )[:4]
     pixels_per_image = 3 * image_tokenizer.image_size**2
-    if main:
+    if is_main:
         (out_dir / "train_config.json").write_text(
             json.dumps(
                 {
@@ -231,7 +231,8 @@ def train(data_args: DataArguments, args: TrainingArguments, prior_args: PriorAr
         return {"tokens_seen": tokens * step}
 
     def on_step(step: int) -> None:
-        if prior_args.eval_steps and (step % prior_args.eval_steps == 0 or step == args.max_steps) and main and n_eval:
+        due = prior_args.eval_steps and (step % prior_args.eval_steps == 0 or step == args.max_steps)
+        if due and is_main and n_eval:
             result = validate(raw_model, eval_text, eval_codes, pixels_per_image)
             log_path = out_dir / "log.jsonl"
             with open(log_path, "a", encoding="utf-8") as f:
@@ -257,7 +258,7 @@ def train(data_args: DataArguments, args: TrainingArguments, prior_args: PriorAr
     save_checkpoint(accelerator, args, state.step)
     runtime.write_run_summary(accelerator, args, model, state.step)
     final = out_dir / "pipeline"
-    if main:
+    if is_main:
         save_pipeline(final, image_tokenizer.cpu(), text_tokenizer, raw_model.cpu().eval())
         if n_eval:
             result = {"step": state.step, **validate(raw_model, eval_text, eval_codes, pixels_per_image)}

@@ -132,7 +132,7 @@ def evaluate(model: DiscreteVAE, images: torch.Tensor, batch_size: int = 128) ->
 
 def train(data_args: DataArguments, args: TrainingArguments, tok_args: TokenizerArguments) -> Path:
     accelerator = runtime.make_accelerator(args)
-    main = accelerator.is_main_process
+    is_main = accelerator.is_main_process
     out_dir = writable_folder(args.output_dir, "--output_dir")
     if tok_args.init_from:
         start = DiscreteVAE.from_pretrained(tok_args.init_from).train()
@@ -163,7 +163,7 @@ def train(data_args: DataArguments, args: TrainingArguments, tok_args: Tokenizer
         n_eval = min(tok_args.eval_examples, len(ds) // 10)
         eval_ds = ds.select(range(len(ds) - n_eval, len(ds))) if n_eval else None
         ds = ds.select(range(len(ds) - n_eval))
-    train_set = _image_source(data_args, ds, progress=main)
+    train_set = _image_source(data_args, ds, progress=is_main)
     eval_images = load_image_tensor(eval_ds, data_args, progress=False).float() / 255 if eval_ds is not None else None
     loader = train_loader(train_set, args)
 
@@ -175,7 +175,7 @@ def train(data_args: DataArguments, args: TrainingArguments, tok_args: Tokenizer
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
     runtime.maybe_compile(accelerator, model, args)
     state = restore_state(accelerator, args)
-    if main:
+    if is_main:
         (out_dir / "train_config.json").write_text(
             json.dumps(
                 {
@@ -231,7 +231,7 @@ def train(data_args: DataArguments, args: TrainingArguments, tok_args: Tokenizer
         nonlocal alarms
         tau, beta = schedules_at(step - 1)
         stats = codebook_stats(means["code_histogram"])
-        if stats["codebook_usage"] < COLLAPSE_USAGE and main:
+        if stats["codebook_usage"] < COLLAPSE_USAGE and is_main:
             if alarms % 10 == 0:  # say it, but not at every log line
                 logger.warning(
                     "codebook collapse alarm at step %d: only %.1f%% of %d codes used (%d dead)",
@@ -244,7 +244,7 @@ def train(data_args: DataArguments, args: TrainingArguments, tok_args: Tokenizer
         return {"psnr": psnr(means["mse"]), "temperature": tau, "kl_weight": beta, **stats}
 
     def on_step(step: int) -> None:
-        if main and args.image_steps and (step % args.image_steps == 0 or step == args.max_steps):
+        if is_main and args.image_steps and (step % args.image_steps == 0 or step == args.max_steps):
             _save_preview(raw_model, preview, out_dir / "samples" / f"recon-step-{step:07d}.png")
 
     train_loop(
@@ -262,7 +262,7 @@ def train(data_args: DataArguments, args: TrainingArguments, tok_args: Tokenizer
     save_checkpoint(accelerator, args, state.step)
     runtime.write_run_summary(accelerator, args, model, state.step)
     final = out_dir / "image_tokenizer"
-    if main:
+    if is_main:
         raw_model.save_pretrained(final)
         if eval_images is not None:
             result = {"step": state.step, **evaluate(raw_model, eval_images.to(accelerator.device))}
