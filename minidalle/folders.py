@@ -35,6 +35,41 @@ def writable_folder(path: str | Path, what: str = "output folder") -> Path:
     return path
 
 
+@contextlib.contextmanager
+def no_empty_folder_left(path: str | Path | None) -> Iterator[None]:
+    """Around a command: if it fails, the folders it created on the way to `path` are removed while still empty.
+
+    So bad input never leaves a half-made output folder behind; anything written into one is kept.
+    """
+    if not path:
+        yield
+        return
+    path = Path(path).absolute()
+    missing = [p for p in (path, *path.parents) if not p.exists()]  # deepest first
+    try:
+        yield
+    except BaseException:
+        for folder in missing:
+            if not _remove_if_empty(folder):
+                break
+        raise
+
+
+def _remove_if_empty(folder: Path) -> bool:
+    """Remove `folder` if it holds nothing but empty folders (and write probes); True when it is gone."""
+    if not folder.is_dir():
+        return not folder.exists()
+    for inner in sorted((p for p in folder.rglob("*")), key=lambda p: len(p.parts), reverse=True):
+        if inner.is_file() and inner.name.startswith(".write-test-"):
+            inner.unlink(missing_ok=True)
+        elif inner.is_dir() and not any(inner.iterdir()):
+            inner.rmdir()
+    if any(folder.iterdir()):
+        return False
+    folder.rmdir()
+    return True
+
+
 def temporary_sibling(folder: str | Path) -> Path:
     """A new, empty, hidden folder beside `folder` (same file system, so a rename can swap it in)."""
     folder = Path(folder)

@@ -9,6 +9,7 @@ Every command describes its flags as dataclasses and parses them with
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import functools
 import json
 import sys
@@ -19,7 +20,8 @@ from typing import Any
 from transformers import HfArgumentParser
 
 from ..errors import UserError
-from ..options import arg
+from ..folders import no_empty_folder_left
+from ..options import BOUNDS, arg, check_bounds
 
 __all__ = ["UserError", "arg", "command", "load_config_file", "parse_args", "run_main"]
 
@@ -44,6 +46,47 @@ def load_config_file(path: str | Path) -> dict:
     return {str(k).replace("-", "_"): v for k, v in values.items()}
 
 
+class _Parser(HfArgumentParser):
+    """No abbreviations (`--max_step` is not `--max_steps`), and every parse error is one line, not a usage dump."""
+
+    def __init__(self, dataclass_types, **kwargs) -> None:
+        super().__init__(dataclass_types, allow_abbrev=False, **kwargs)
+
+    @staticmethod
+    def _parse_dataclass_field(parser, field: dataclasses.Field) -> None:
+        if any(key in field.metadata for key in BOUNDS):  # ours, not argparse's: `check_bounds` reads them
+            field = _without_bounds(field)
+        HfArgumentParser._parse_dataclass_field(parser, field)
+
+    def error(self, message: str):
+        raise UserError(f"{message} (see {self.prog} --help)")
+
+    def unknown_flags_error(self, remaining: list[str]) -> UserError:
+        """The first unknown argument, with the closest known flag when there is one."""
+        token = remaining[0]
+        flag = token.split("=", 1)[0]
+        if not flag.startswith("-"):
+            return UserError(f"unexpected argument {token!r} (see {self.prog} --help)")
+        close = difflib.get_close_matches(flag, [o for o in self._option_string_actions if o.startswith("--")], n=1)
+        hint = f"; did you mean {close[0]}?" if close else f" (see {self.prog} --help)"
+        return UserError(f"unknown flag {flag}{hint}")
+
+
+def _without_bounds(field: dataclasses.Field) -> dataclasses.Field:
+    import copy
+    import types
+
+    stripped = copy.copy(field)
+    stripped.metadata = types.MappingProxyType({k: v for k, v in field.metadata.items() if k not in BOUNDS})
+    return stripped
+
+
+def explicit_flags(parser: HfArgumentParser, argv: Sequence[str]) -> set[str]:
+    """The destinations of the flags that `argv` gives explicitly (not left at their defaults)."""
+    actions = parser._option_string_actions
+    return {actions[t.split("=", 1)[0]].dest for t in argv if t.startswith("-") and t.split("=", 1)[0] in actions}
+
+
 def parse_args(
     dataclass_types: Sequence[type],
     argv: Sequence[str] | None = None,
@@ -56,10 +99,12 @@ def parse_args(
     """Parse `argv` into instances of `dataclass_types` (and a namespace of extras).
 
     `add_arguments` may add positional arguments; their values come back as a
-    final `argparse.Namespace`. With `with_config`, `--config FILE` sets defaults.
+    final `argparse.Namespace`, whose `explicit` holds the names of the fields the
+    command line or the `--config` file set. With `with_config`, `--config FILE` sets
+    defaults. Flags are never abbreviated; an unknown or malformed one is a `UserError`.
     """
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = HfArgumentParser(list(dataclass_types), prog=prog, description=description)
+    parser = _Parser(list(dataclass_types), prog=prog, description=description)
     if add_arguments is not None:
         add_arguments(parser)
     if with_config:
@@ -68,7 +113,9 @@ def parse_args(
             default=None,
             help="A JSON or YAML file of flag values; flags given on the command line win.",
         )
-        pre, _ = parser.parse_known_args(argv)
+    pre, _ = parser.parse_known_args(argv)
+    explicit = explicit_flags(parser, argv)
+    if with_config:
         if pre.config:
             values = load_config_file(pre.config)
             known = {a.dest for a in parser._actions}
@@ -76,9 +123,10 @@ def parse_args(
             if unknown:
                 raise UserError(f"--config {pre.config}: unknown field(s): {', '.join(unknown)}")
             parser.set_defaults(**values)
+            explicit |= set(values)
     namespace, remaining = parser.parse_known_args(argv)
     if remaining:
-        parser.error(f"unrecognized arguments: {' '.join(remaining)}")
+        raise parser.unknown_flags_error(remaining)
     outputs = []
     for dtype in dataclass_types:
         names = {f.name for f in dataclasses.fields(dtype) if f.init}
@@ -86,8 +134,10 @@ def parse_args(
         for k in names:
             delattr(namespace, k)
         outputs.append(dtype(**values))
+        check_bounds(outputs[-1])
     if hasattr(namespace, "config"):
         delattr(namespace, "config")
+    namespace.explicit = explicit - {"config"}
     outputs.append(namespace)
     return tuple(outputs)
 
@@ -98,12 +148,15 @@ def command(
     description: str,
     positional: dict[str, dict] | None = None,
     required: Sequence[str] = (),
+    output: str | None = None,
 ) -> Callable:
     """Decorator: `run(*parsed)` becomes the command `main(argv=None)`, which parses `argv` first.
 
     `parsed` holds one instance of each dataclass type, then a namespace with the
     `positional` arguments (name -> `argparse` keywords). `required` names fields of
     the first dataclass that must be given: if one is empty, a `UserError` names them all.
+    `output` names the field holding the command's output folder: if the command fails,
+    the folders it created for it are removed while still empty.
     """
 
     def add_positional(parser: HfArgumentParser) -> None:
@@ -117,8 +170,11 @@ def command(
             if any(not getattr(parsed[0], name) for name in required):
                 flags = " and ".join(f"--{name}" for name in required)
                 raise UserError(f"{flags} {'is' if len(required) == 1 else 'are'} required")
-            return run(*parsed)
+            folder = next((getattr(p, output) for p in parsed[:-1] if hasattr(p, output)), None) if output else None
+            with no_empty_folder_left(folder):
+                return run(*parsed)
 
+        main.dataclass_types, main.positional = dataclass_types, dict(positional or {})
         return main
 
     return decorate

@@ -27,7 +27,7 @@ class EncodeArguments:
         aliases=["--tokenizer"],
     )
     out: str = arg("", help="Where to write the encoded dataset.")
-    batch_size: int = arg(256, help="Images per encoder batch.")
+    batch_size: int = arg(256, help="Images per encoder batch.", minimum=1)
 
 
 @command(
@@ -36,6 +36,7 @@ class EncodeArguments:
     prog="minidalle encode",
     description="Encode every image of a captioned dataset into image-tokenizer codes, once, for stage 2.",
     required=("image_tokenizer", "out"),
+    output="out",
 )
 def encode_main(enc: EncodeArguments, data_args: DataArguments, _) -> None:
     out = encode_to_disk(enc.image_tokenizer, data_args, enc.out, enc.batch_size)
@@ -51,7 +52,7 @@ class CodebookArguments:
     image_tokenizer: str = arg("", help="The image tokenizer folder.", aliases=["--tokenizer"])
     out: str = arg("codebook.png", help="The PNG sheet to write.")
     data: str = arg("", help="Optional dataset: order the codes by how often its images use them (most used first).")
-    max_examples: int = arg(2000, help="With --data: encode at most this many images to count usage.")
+    max_examples: int = arg(2000, help="With --data: encode at most this many images to count usage.", minimum=1)
 
 
 @command(
@@ -80,7 +81,7 @@ class ReconstructArguments:
     out: str = arg(
         "", help="Folder for the reconstructions and manifest.jsonl (the format `minidalle eval-shapes` reads)."
     )
-    batch_size: int = arg(128, help="Images per batch.")
+    batch_size: int = arg(128, help="Images per batch.", minimum=1)
 
 
 @command(
@@ -89,6 +90,7 @@ class ReconstructArguments:
     prog="minidalle reconstruct",
     description="Reconstruct images through the image tokenizer (encode -> decode) and report PSNR.",
     required=("image_tokenizer", "out"),
+    output="out",
 )
 def reconstruct_main(args: ReconstructArguments, data_args: DataArguments, _) -> None:
     """Round-trip a dataset through the image tokenizer; write PNGs, a manifest and PSNR / codebook figures."""

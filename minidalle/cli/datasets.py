@@ -20,21 +20,17 @@ class MakeShapesArgs:
     split: str = arg(
         "train", help="Which split: 'train' (no held-out colour-shape pair) or 'zeroshot' (each scene has one)."
     )
-    num: int = arg(20000, help="Number of images to write.")
+    num: int = arg(20000, help="Number of images to write.", minimum=1)
     seed: int = arg(0, help="Seed; image i of a split is a pure function of (split, seed, i).")
-    workers: int | None = arg(None, help="Worker processes; unset means one per CPU core.")
+    workers: int | None = arg(None, help="Worker processes; unset means one per CPU core.", minimum=1)
     progress: bool = arg(True, help="Show a progress bar (turn off with --no-progress).")
 
 
-@command(MakeShapesArgs, prog="minidalle make-shapes", description="Write the built-in shapes dataset.")
+@command(MakeShapesArgs, prog="minidalle make-shapes", description="Write the built-in shapes dataset.", output="out")
 def make_shapes_main(args: MakeShapesArgs, _) -> None:
     """`minidalle make-shapes --out DIR --split train|zeroshot --num N --seed S [--workers W]`."""
     if args.split not in SPLITS:
         raise UserError(f"--split: unknown split {args.split!r}; expected one of {', '.join(SPLITS)}")
-    if args.num < 1:
-        raise UserError(f"--num: expected a positive number of images, got {args.num}")
-    if args.workers is not None and args.workers < 1:
-        raise UserError(f"--workers: expected at least 1, got {args.workers}")
     start = time.perf_counter()
     count = make_shapes(args.out, args.split, args.num, args.seed, args.workers, args.progress)
     seconds = time.perf_counter() - start
@@ -65,9 +61,11 @@ def eval_shapes_main(args: EvalShapesArgs, extra) -> None:
 @dataclasses.dataclass
 class ExportArgs:
     out: str = arg(help="Output folder; gets train/ and test/ imagefolders.")
-    resolution: int = arg(64, help="emoji only: image side in pixels (MNIST stays 28×28).")
-    test_fraction: float = arg(0.1, help="emoji only: share held out as test, by a stable hash of the caption.")
-    limit: int | None = arg(None, help="Keep at most this many images per split (for a quick try).")
+    resolution: int = arg(64, help="emoji only: image side in pixels (MNIST stays 28×28).", minimum=1)
+    test_fraction: float = arg(
+        0.1, help="emoji only: share held out as test, by a stable hash of the caption.", minimum=0, maximum=0.999999
+    )
+    limit: int | None = arg(None, help="Keep at most this many images per split (for a quick try).", minimum=0)
 
 
 @command(
@@ -75,6 +73,7 @@ class ExportArgs:
     prog="minidalle export-dataset",
     description="Export a captioned image set shipped in an installed package as imagefolders.",
     positional={"name": dict(choices=["emoji", "mnist"], help="Which packaged dataset to export.")},
+    output="out",
 )
 def export_dataset_main(args: ExportArgs, extra) -> None:
     """`minidalle export-dataset emoji|mnist --out DIR [--resolution 64] [--test_fraction 0.1]`."""

@@ -23,6 +23,7 @@ class ExportArguments:
     prog="minidalle export-pipeline",
     description="Copy a pipeline folder with its weights stored in a smaller dtype.",
     required=("source", "out"),
+    output="out",
 )
 def export_pipeline_main(args: ExportArguments, _) -> None:
     if args.dtype not in ("float16", "bfloat16", "float32"):

@@ -23,22 +23,27 @@ class SampleArguments:
     model: str = arg(
         "", help="A pipeline folder (train_prior.py's OUTPUT_DIR/pipeline); default: the bundled shapes model."
     )
-    num_images: int = arg(4, help="Images per prompt.")
+    num_images: int = arg(4, help="Images per prompt.", minimum=1)
     guidance_scale: float = arg(1.5, help="Classifier-free guidance: 1 is off; larger follows the prompt more closely.")
     temperature: float = arg(
-        0.3, help="Sampling temperature (0: always the most likely code; 1: the model's own distribution)."
+        0.3, help="Sampling temperature (0: always the most likely code; 1: the model's own distribution).", minimum=0
     )
-    top_k: int = arg(0, help="Sample only among the k most likely codes (0: all).")
-    top_p: float = arg(1.0, help="Nucleus sampling: the smallest set of codes with this total probability.")
+    top_k: int = arg(0, help="Sample only among the k most likely codes (0: all).", minimum=0)
+    top_p: float = arg(
+        1.0, help="Nucleus sampling: the smallest set of codes with this total probability.", minimum=1e-06, maximum=1
+    )
     num_candidates: int = arg(
         8,
         help="Sample this many candidates per image and keep the one the model finds best explained by "
         "its prompt (DALL-E's re-ranking, scored by the prior itself: see MiniDallePipeline.score's pmi). "
         "1: no re-ranking; sampling time grows with it. At --temperature 0 every candidate is the "
         "same, so one is sampled.",
+        minimum=1,
     )
     seed: int = arg(0, help="Random seed: the same command gives the same images.")
-    batch_size: int = arg(16, help="Images sampled together (with --num_candidates N, candidates: N per image).")
+    batch_size: int = arg(
+        16, help="Images sampled together (with --num_candidates N, candidates: N per image).", minimum=1
+    )
     compile: bool = arg(
         False,
         help="Run each sampling step through torch.compile: faster per image after a one-off "
@@ -69,6 +74,7 @@ def read_prompts(positional: list[str], prompts_file: str) -> list[str]:
     prog="sample.py",
     description="Generate images from text prompts with a minidalle pipeline.",
     positional={"prompts": dict(nargs="*", help="Prompts, e.g. 'a small red circle in the top left'.")},
+    output="out",
 )
 def main(args: SampleArguments, extra) -> None:
     from ..data.imagefolder import prepare_out_dir
@@ -76,8 +82,6 @@ def main(args: SampleArguments, extra) -> None:
     from ..pipeline import MiniDallePipeline, check_prompts
 
     prompts = check_prompts(read_prompts(extra.prompts, args.prompts_file))
-    if args.num_images < 1 or args.num_candidates < 1:
-        raise UserError("--num_images and --num_candidates must be >= 1")
     out = prepare_out_dir(args.out)
     started = time.perf_counter()
     pipe = MiniDallePipeline.from_pretrained(args.model or None, device=args.device or None)

@@ -45,12 +45,12 @@ class DataArguments:
     split: str = arg("train", help="Which split of --data to use.")
     image_column: str = arg("image", help="The column holding the images.")
     caption_column: str = arg("text", help="The column holding the captions.")
-    resolution: int = arg(64, help="Images are resized and cropped to this square size.")
+    resolution: int = arg(64, help="Images are resized and cropped to this square size.", minimum=8)
     random_crop: bool = arg(False, help="Crop at a random place instead of the centre (augmentation).")
     skip_bad_examples: bool = arg(
         False, help="Skip (and count) unreadable images / empty captions instead of stopping."
     )
-    max_examples: int = arg(0, help="Use only the first N examples (0: all).")
+    max_examples: int = arg(0, help="Use only the first N examples (0: all).", minimum=0)
 
 
 def _unicode_error(exc: BaseException | None) -> UnicodeDecodeError | None:

@@ -27,7 +27,7 @@ from ..folders import writable_folder
 from ..image_tokenizers import ImageTokenizer, load_image_tokenizer
 from ..images import save_image_grid
 from ..metrics import bits_per_dim
-from ..options import arg
+from ..options import arg, check_bounds
 from ..pipeline.io import check_compatible, load_pipeline_parts, save_pipeline
 from ..prior import PRESETS, Prior, PriorConfig, sample_codes
 from ..text import encode_captions, load_text_tokenizer, token_lengths, train_text_tokenizer
@@ -50,18 +50,25 @@ class PriorArguments:
     )
     init_from: str = arg("", help="Fine-tune: a pipeline folder (or its prior/) to start from; keeps its tokenizers.")
     codes: str = arg("", help="An encoded dataset (`minidalle encode`); default: encode --data once and cache it.")
-    text_len: int = arg(32, help="Text tokens per caption (longer captions are truncated with a counted warning).")
-    text_vocab_size: int = arg(1000, help="BPE vocabulary size when the text tokenizer is trained here.")
-    caption_dropout: float = arg(
-        0.15, help="Probability of training on the empty caption (enables classifier-free guidance)."
+    text_len: int = arg(
+        32, help="Text tokens per caption (longer captions are truncated with a counted warning).", minimum=1
     )
-    loss_img_weight: float = arg(7.0, help="w in (L_text + w * L_image) / (1 + w).")
-    freeze_blocks: int = arg(0, help="Fine-tuning: keep the first N transformer blocks (and the embeddings) fixed.")
+    text_vocab_size: int = arg(1000, help="BPE vocabulary size when the text tokenizer is trained here.", minimum=1)
+    caption_dropout: float = arg(
+        0.15,
+        help="Probability of training on the empty caption (enables classifier-free guidance).",
+        minimum=0,
+        maximum=1,
+    )
+    loss_img_weight: float = arg(7.0, help="w in (L_text + w * L_image) / (1 + w).", minimum=0)
+    freeze_blocks: int = arg(
+        0, help="Fine-tuning: keep the first N transformer blocks (and the embeddings) fixed.", minimum=0
+    )
     gradient_checkpointing: bool = arg(
         False, help="Recompute activations in the backward pass: less memory, slower steps."
     )
-    eval_examples: int = arg(500, help="Examples held out of --data for validation.")
-    eval_steps: int = arg(500, help="Validate (image-token NLL, bits/dim) and draw samples every N steps.")
+    eval_examples: int = arg(500, help="Examples held out of --data for validation.", minimum=0)
+    eval_steps: int = arg(500, help="Validate (image-token NLL, bits/dim) and draw samples every N steps.", minimum=0)
     sample_prompts: str = arg("", help="Prompts for the sample grids, separated by '|' (default: 4 held-out captions).")
     guidance_scale: float = arg(3.0, help="Classifier-free guidance scale for the sample grids.")
     image_positions: str = arg(
@@ -111,6 +118,8 @@ def _load_start(prior_args: PriorArguments):
 
 
 def train(data_args: DataArguments, args: TrainingArguments, prior_args: PriorArguments) -> Path:
+    for arguments in (data_args, args, prior_args):
+        check_bounds(arguments)
     accelerator = runtime.make_accelerator(args)
     is_main = accelerator.is_main_process
     out_dir = writable_folder(args.output_dir, "--output_dir")

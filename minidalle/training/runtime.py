@@ -27,29 +27,33 @@ class TrainingArguments:
 
     output_dir: str = arg("runs/run", help="Where checkpoints, logs, pictures and the final model go.")
     preset: str = arg("small", help="Model size: tiny (seconds, for smoke tests), small, base.")
-    max_steps: int = arg(2000, help="Optimizer steps to train for (schedules are functions of the step).")
-    batch_size: int = arg(64, help="Examples per process per micro-batch.")
-    gradient_accumulation_steps: int = arg(1, help="Micro-batches per optimizer step.")
-    learning_rate: float = arg(1e-3, help="Peak learning rate (after warm-up).")
-    warmup_steps: int = arg(100, help="Linear learning-rate warm-up steps.")
-    min_lr_ratio: float = arg(0.1, help="The cosine decay ends at this fraction of the peak learning rate.")
-    weight_decay: float = arg(0.0, help="AdamW weight decay (applied to weights with >= 2 dims only).")
-    max_grad_norm: float = arg(1.0, help="Clip the gradient norm to this (0: no clipping).")
+    max_steps: int = arg(2000, help="Optimizer steps to train for (schedules are functions of the step).", minimum=1)
+    batch_size: int = arg(64, help="Examples per process per micro-batch.", minimum=1)
+    gradient_accumulation_steps: int = arg(1, help="Micro-batches per optimizer step.", minimum=1)
+    learning_rate: float = arg(1e-3, help="Peak learning rate (after warm-up).", minimum=0)
+    warmup_steps: int = arg(100, help="Linear learning-rate warm-up steps.", minimum=0)
+    min_lr_ratio: float = arg(
+        0.1, help="The cosine decay ends at this fraction of the peak learning rate.", minimum=0, maximum=1
+    )
+    weight_decay: float = arg(0.0, help="AdamW weight decay (applied to weights with >= 2 dims only).", minimum=0)
+    max_grad_norm: float = arg(1.0, help="Clip the gradient norm to this (0: no clipping).", minimum=0)
     mixed_precision: str = arg(
         "auto",
         help="auto | no | bf16 | fp16 (fp16 needs a GPU). auto: bf16 where the hardware runs it natively "
         "(a bf16 GPU, or a CPU with AVX512-BF16/AMX), else fp32.",
     )
     seed: int = arg(0, help="Seed for weights, data order and sampling noise.")
-    checkpointing_steps: int = arg(500, help="Save a resumable checkpoint every N steps (0: only at the end).")
-    checkpoints_total_limit: int = arg(2, help="Keep only the newest N checkpoints.")
+    checkpointing_steps: int = arg(
+        500, help="Save a resumable checkpoint every N steps (0: only at the end).", minimum=0
+    )
+    checkpoints_total_limit: int = arg(2, help="Keep only the newest N checkpoints.", minimum=1)
     resume_from_checkpoint: str = arg("", help="'latest' or a checkpoint folder to continue from.")
-    logging_steps: int = arg(25, help="Log metrics (log.jsonl, trackers) every N steps.")
-    image_steps: int = arg(500, help="Write a picture of the model's progress every N steps (0: never).")
+    logging_steps: int = arg(25, help="Log metrics (log.jsonl, trackers) every N steps.", minimum=1)
+    image_steps: int = arg(500, help="Write a picture of the model's progress every N steps (0: never).", minimum=0)
     report_to: str = arg(
         "", help="Accelerate trackers to log to (e.g. tensorboard, wandb); log.jsonl is always written."
     )
-    num_workers: int = arg(0, help="DataLoader worker processes.")
+    num_workers: int = arg(0, help="DataLoader worker processes.", minimum=0)
     torch_compile: bool = arg(
         False,
         help="Compile the model's forward with torch.compile (inductor), in place: checkpoints keep the same "
@@ -60,6 +64,7 @@ class TrainingArguments:
         10,
         help="A step whose loss or gradients are NaN/inf is skipped (counted in the log as skipped_steps); "
         "after this many in a row the run stops, keeping its last checkpoint.",
+        minimum=1,
     )
 
 

@@ -26,7 +26,7 @@ from ..folders import writable_folder
 from ..image_tokenizers import PRESETS, QUANTIZERS, DiscreteVAE, DVAEConfig, tokenizer_loss
 from ..images import save_image_grid
 from ..metrics import codebook_stats, psnr
-from ..options import arg
+from ..options import arg, check_bounds
 from . import runtime, schedules
 from .checkpoints import restore_state, save_checkpoint
 from .loop import TrainPart, train_loader, train_loop
@@ -45,23 +45,24 @@ class TokenizerArguments:
     quantizer: str = arg(
         "gumbel", help=f"The quantizer: {' or '.join(QUANTIZERS)} (gumbel: DALL-E's dVAE; vq: VQ-VAE)."
     )
-    num_codes: int = arg(0, help="Codebook size K (0: the preset's).")
-    codebook_dim: int = arg(0, help="Dimension of each codebook vector (0: the preset's).")
+    num_codes: int = arg(0, help="Codebook size K (0: the preset's).", minimum=0)
+    codebook_dim: int = arg(0, help="Dimension of each codebook vector (0: the preset's).", minimum=0)
     widths: str = arg(
         "", help="Comma-separated channel widths, one per down-sampling, e.g. 32,64,128 (grid = resolution / 2**n)."
     )
-    res_blocks: int = arg(-1, help="Residual blocks per level (-1: the preset's).")
+    res_blocks: int = arg(-1, help="Residual blocks per level (-1: the preset's).", minimum=-1)
     recon_loss: str = arg("mse", help="mse, or logit_laplace (the DALL-E paper's, eps = 0.1).")
     straight_through: bool = arg(False, help="gumbel: hard one-hot forward with a soft gradient.")
     kl_weight: float = arg(
         0.05,
         help="beta: weight of KL(q||uniform) (gumbel) or of the commitment loss (vq); per pixel value, as the "
         "paper's beta/192.",
+        minimum=0,
     )
-    kl_warmup_steps: int = arg(0, help="beta rises linearly from 0 over this many steps.")
-    temperature_start: float = arg(1.0, help="Gumbel-Softmax temperature at step 0.")
-    temperature_end: float = arg(1 / 16, help="Temperature at the end of the anneal (DALL-E: 1/16).")
-    temperature_steps: int = arg(0, help="Anneal steps (0: 80%% of --max_steps).")
+    kl_warmup_steps: int = arg(0, help="beta rises linearly from 0 over this many steps.", minimum=0)
+    temperature_start: float = arg(1.0, help="Gumbel-Softmax temperature at step 0.", minimum=0.0001)
+    temperature_end: float = arg(1 / 16, help="Temperature at the end of the anneal (DALL-E: 1/16).", minimum=0.0001)
+    temperature_steps: int = arg(0, help="Anneal steps (0: 80%% of --max_steps).", minimum=0)
     temperature_schedule: str = arg("exp", help="exp or cosine.")
     vq_ema: bool = arg(False, help="vq: EMA codebook updates instead of the codebook loss.")
     vq_restart_dead: bool = arg(False, help="vq: re-seed dead codes from encoder outputs.")
@@ -75,7 +76,9 @@ class TokenizerArguments:
     )
     eval_data: str = arg("", help="A separate set for held-out PSNR (default: --eval_examples held out of --data).")
     eval_split: str = arg("", help="The split of --eval_data to evaluate on (default: --split).")
-    eval_examples: int = arg(256, help="Examples held out of --data for evaluation when --eval_data is not given.")
+    eval_examples: int = arg(
+        256, help="Examples held out of --data for evaluation when --eval_data is not given.", minimum=0
+    )
 
     def model_config(self, preset: str, resolution: int) -> DVAEConfig:
         if preset not in PRESETS:
@@ -131,6 +134,8 @@ def evaluate(model: DiscreteVAE, images: torch.Tensor, batch_size: int = 128) ->
 
 
 def train(data_args: DataArguments, args: TrainingArguments, tok_args: TokenizerArguments) -> Path:
+    for arguments in (data_args, args, tok_args):
+        check_bounds(arguments)
     accelerator = runtime.make_accelerator(args)
     is_main = accelerator.is_main_process
     out_dir = writable_folder(args.output_dir, "--output_dir")
