@@ -22,9 +22,23 @@ CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 
 
+def holds_model(kind: str):
+    """A predicate: does a folder hold a saved model of `kind` (by its config.json)?"""
+
+    def check(folder: Path) -> bool:
+        try:
+            return json.loads((Path(folder) / CONFIG_NAME).read_text(encoding="utf-8")).get("kind") == kind
+        except (OSError, ValueError, AttributeError):
+            return False
+
+    return check
+
+
 def save_model_folder(folder: str | Path, kind: str, config: dict, state_dict: dict[str, torch.Tensor]) -> Path:
-    """Write `config.json` (with `kind`) and `model.safetensors` into `folder`, atomically (`atomic_folder`)."""
-    with atomic_folder(folder) as tmp:
+    """Write `config.json` (with `kind`) and `model.safetensors` into `folder`, atomically (`atomic_folder`).
+
+    An existing `folder` is replaced only when it holds a saved model of the same kind."""
+    with atomic_folder(folder, holds_model(kind), f"a saved {kind}") as tmp:
         tensors = {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}
         save_file(tensors, str(tmp / WEIGHTS_NAME), metadata={"kind": kind})
         (tmp / CONFIG_NAME).write_text(json.dumps({"kind": kind, **config}, indent=2, sort_keys=True) + "\n")

@@ -12,6 +12,7 @@ from tqdm.auto import tqdm
 from ..data import CaptionedImages, DataArguments, load_captioned_dataset
 from ..data.imagefolder import image_file_name, prepare_out_dir
 from ..data.shapes import ShapeObject, full_caption
+from ..folders import check_apart, claim_output_folder
 from ..image_tokenizers import load_image_tokenizer
 from ..images import save_image_grid, save_png
 from ..metrics import codebook_stats, psnr
@@ -75,6 +76,10 @@ def codebook_main(args: CodebookArguments, _) -> None:
     print(f"wrote {path}")
 
 
+# what reconstruct writes into --out (a re-run into the same folder removes these and nothing else)
+RECONSTRUCT_FILES = r"images/\d{6}\.png|manifest\.jsonl|reconstruct\.json"
+
+
 @dataclass
 class ReconstructArguments:
     image_tokenizer: str = arg("", help="The image tokenizer folder.", aliases=["--tokenizer"])
@@ -97,7 +102,8 @@ def reconstruct_main(args: ReconstructArguments, data_args: DataArguments, _) ->
     tokenizer = load_image_tokenizer(args.image_tokenizer)
     data_args = DataArguments(**{**asdict(data_args), "resolution": tokenizer.image_size})
     ds = load_captioned_dataset(data_args, require_captions=True)
-    out = prepare_out_dir(args.out)
+    check_apart(args.out, data_args.data)
+    out = prepare_out_dir(claim_output_folder(args.out, "reconstructions", RECONSTRUCT_FILES))
     has_objects = "objects" in ds.column_names
     loader = torch.utils.data.DataLoader(CaptionedImages(ds, data_args), batch_size=args.batch_size)
     rows, errors, histogram = [], [], torch.zeros(tokenizer.num_codes, dtype=torch.long)

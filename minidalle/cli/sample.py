@@ -16,6 +16,9 @@ from pathlib import Path
 
 from .args import UserError, arg, command
 
+# what sample.py writes into --out (a re-run into the same folder removes these and nothing else)
+SAMPLE_FILES = r"images/p\d{3,}-i\d{2,}\.png|grid-p\d{3,}\.png|manifest\.jsonl"
+
 
 @dataclass
 class SampleArguments:
@@ -77,12 +80,13 @@ def read_prompts(positional: list[str], prompts_file: str) -> list[str]:
     output="out",
 )
 def main(args: SampleArguments, extra) -> None:
-    from ..data.imagefolder import prepare_out_dir
+    from ..folders import claim_output_folder
     from ..images import save_image_grid, save_png
     from ..pipeline import MiniDallePipeline, check_prompts
 
     prompts = check_prompts(read_prompts(extra.prompts, args.prompts_file))
-    out = prepare_out_dir(args.out)
+    out = claim_output_folder(args.out, "samples", SAMPLE_FILES)
+    (out / "images").mkdir(exist_ok=True)
     started = time.perf_counter()
     pipe = MiniDallePipeline.from_pretrained(args.model or None, device=args.device or None)
     result = pipe(

@@ -22,7 +22,7 @@ from transformers import PreTrainedTokenizerFast
 
 from .. import __version__
 from ..errors import UserError
-from ..folders import atomic_folder
+from ..folders import atomic_folder, check_replaceable
 from ..image_tokenizers import ImageTokenizer, load_image_tokenizer
 from ..prior import Prior
 from ..text import load_text_tokenizer
@@ -35,8 +35,9 @@ PIPELINE_CLASS = "MiniDallePipeline"
 def save_pipeline(
     folder: str | Path, image_tokenizer: ImageTokenizer, text_tokenizer: PreTrainedTokenizerFast, prior: Prior
 ) -> Path:
-    """Write a complete pipeline folder atomically (`atomic_folder`)."""
-    with atomic_folder(folder) as tmp:
+    """Write a complete pipeline folder atomically (`atomic_folder`); an existing folder is replaced only
+    when it holds a minidalle pipeline."""
+    with atomic_folder(folder, is_pipeline_folder, "a minidalle pipeline") as tmp:
         image_tokenizer.save_pretrained(tmp / "image_tokenizer")
         text_tokenizer.save_pretrained(str(tmp / "text_tokenizer"))
         prior.save_pretrained(tmp / "prior")
@@ -54,6 +55,14 @@ def save_pipeline(
         }
         (tmp / INDEX_NAME).write_text(json.dumps(index, indent=2) + "\n")
     return Path(folder)
+
+
+def is_pipeline_folder(folder: Path) -> bool:
+    """Whether `folder` holds a minidalle pipeline (its model_index.json names the class)."""
+    try:
+        return json.loads((Path(folder) / INDEX_NAME).read_text(encoding="utf-8")).get("_class_name") == PIPELINE_CLASS
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def read_index(folder: Path) -> dict:
@@ -125,6 +134,7 @@ def export_pipeline(
     """
     import torch
 
+    check_replaceable(target, is_pipeline_folder, "a minidalle pipeline")  # before any work
     old_tokenizer, text_tokenizer, prior = load_pipeline_parts(source)
     if image_tokenizer is None:
         image_tokenizer = old_tokenizer

@@ -69,7 +69,7 @@ def save_checkpoint(accelerator: Accelerator, args: TrainingArguments, step: int
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         (tmp / "trainer_state.json").write_text(json.dumps({"step": step, "args": asdict(args)}, indent=2))
-        replace_folder(tmp, final)
+        replace_folder(tmp, final, lambda folder: (folder / "trainer_state.json").is_file(), "a checkpoint")
         for old in checkpoint_dirs(args.output_dir)[: -max(args.checkpoints_total_limit, 1)]:
             shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()

