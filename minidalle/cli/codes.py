@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
@@ -40,6 +41,8 @@ class EncodeArguments:
     output="out",
 )
 def encode_main(enc: EncodeArguments, data_args: DataArguments, _) -> None:
+    if data_args.data and Path(data_args.data).exists():
+        check_apart(enc.out, data_args.data)  # never codes written over (or into) the images
     out = encode_to_disk(enc.image_tokenizer, data_args, enc.out, enc.batch_size)
     info = json.loads((out / INFO_NAME).read_text())
     print(
@@ -102,7 +105,8 @@ def reconstruct_main(args: ReconstructArguments, data_args: DataArguments, _) ->
     tokenizer = load_image_tokenizer(args.image_tokenizer)
     data_args = DataArguments(**{**asdict(data_args), "resolution": tokenizer.image_size})
     ds = load_captioned_dataset(data_args, require_captions=True)
-    check_apart(args.out, data_args.data)
+    if data_args.data and Path(data_args.data).exists():
+        check_apart(args.out, data_args.data)
     out = prepare_out_dir(claim_output_folder(args.out, "reconstructions", RECONSTRUCT_FILES))
     has_objects = "objects" in ds.column_names
     loader = torch.utils.data.DataLoader(CaptionedImages(ds, data_args), batch_size=args.batch_size)

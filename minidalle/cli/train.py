@@ -14,7 +14,7 @@ from .args import command
 
 def _trainer_command(prog: str, description: str, arguments: type, train: Callable) -> Callable:
     run = command(DataArguments, TrainingArguments, arguments, prog=prog, description=description, output="output_dir")
-    return run(lambda data_args, args, own_args, _: train(data_args, args, own_args))
+    return run(lambda data_args, args, own_args, extra: train(data_args, args, own_args, extra.explicit))
 
 
 train_tokenizer_main = _trainer_command(

@@ -16,6 +16,7 @@ from accelerate import Accelerator
 
 from ..errors import UserError
 from ..folders import replace_folder
+from .run_folder import truncate_log
 
 if TYPE_CHECKING:
     from .runtime import TrainingArguments
@@ -95,5 +96,8 @@ def restore_state(accelerator: Accelerator, args: TrainingArguments) -> TrainSta
             accelerator.load_state(view)
     else:
         accelerator.load_state(str(resume))
+    if accelerator.is_main_process:
+        truncate_log(args.output_dir, step)  # the steps after the checkpoint are logged again
+    accelerator.wait_for_everyone()
     logger.info("resumed from %s at step %d", resume, step)
     return TrainState(step)

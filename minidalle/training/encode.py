@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from ..data import CaptionedImages, DataArguments, load_captioned_dataset
 from ..errors import UserError
-from ..folders import atomic_folder, check_apart, check_replaceable
+from ..folders import atomic_folder, check_replaceable
 from ..image_tokenizers import ImageTokenizer, load_image_tokenizer
 
 INFO_NAME = "codes_info.json"
@@ -98,8 +98,6 @@ def encode_to_disk(
     progress: bool = True,
 ) -> Path:
     """Encode `data_args.data` with `tokenizer` (a model or its folder) and save codes + captions to `out_dir`."""
-    if Path(data_args.data).exists():
-        check_apart(out_dir, data_args.data)
     check_replaceable(out_dir, is_codes_folder, "an encoded dataset")  # before any work
     if not isinstance(tokenizer, ImageTokenizer):
         tokenizer = load_image_tokenizer(tokenizer)

@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 import logging
 import math
+import signal
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -91,6 +93,41 @@ class TrainPart:
     learning_rate: float | None = None
 
 
+class StopRequest:
+    """Ctrl-C (SIGINT) or SIGTERM during training: the loop finishes its step, saves a checkpoint and stops.
+
+    The first signal only sets a flag and restores the default handlers, so a second one stops at once
+    (a checkpoint is written atomically, so even then none is left half-written). With several processes
+    they agree, once per step, so that all stop after the same step."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.signal: int | None = None
+        self._previous: dict = {}
+
+    def __enter__(self) -> StopRequest:
+        if threading.current_thread() is threading.main_thread():
+            for sig in self.SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    def _handle(self, signum, frame) -> None:
+        self.signal = signum
+        for sig, handler in self._previous.items():  # the next signal acts at once
+            signal.signal(sig, handler)
+
+    def requested(self, accelerator: Accelerator) -> bool:
+        if accelerator.num_processes == 1:
+            return self.signal is not None
+        flag = torch.tensor(float(self.signal is not None), device=accelerator.device)
+        return bool(accelerator.reduce(flag, reduction="sum") > 0)
+
+
 def _clip(accelerator: Accelerator, parts: list[TrainPart], max_norm: float) -> list[torch.Tensor]:
     """Clip each part's gradient norm separately; returns the norms (all-reduced, so equal on every process).
 
@@ -126,24 +163,32 @@ def train_loop(
     """
     from tqdm.auto import tqdm
 
-    from .schedules import learning_rate
-
     if len(parts) > 1 and accelerator.scaler is not None:
         # Accelerate's optimizer wrapper updates the fp16 grad scaler after every optimizer step
         raise UserError(
             "--mixed_precision fp16 trains one model only; use bf16 (or no) for a run with several optimizers"
         )
     models = [p.model for p in parts]
-    max_norm = args.max_grad_norm if args.max_grad_norm > 0 else math.inf
-    log = MetricsLog(accelerator, args.output_dir)
-    window: dict[str, torch.Tensor] = {}  # sums over the good steps of the logging window
-    pending: dict[str, torch.Tensor] = {}  # this step's micro-batches, added to the window once the step is good
-    count = pending_count = skipped = bad_in_a_row = 0
     bar = tqdm(
         total=args.max_steps, initial=state.step, disable=not accelerator.is_main_process, desc=desc, dynamic_ncols=True
     )
     for model in models:
         model.train()
+    with StopRequest() as stop:
+        _steps(accelerator, args, parts, loader, state, step_fn, on_log, on_step, bar, stop)
+    bar.close()
+
+
+def _steps(accelerator, args, parts, loader, state, step_fn, on_log, on_step, bar, stop: StopRequest) -> None:
+    """`train_loop`'s body: the steps from `state.step` to `args.max_steps`, or to a stop request."""
+    from .schedules import learning_rate
+
+    models = [p.model for p in parts]
+    max_norm = args.max_grad_norm if args.max_grad_norm > 0 else math.inf
+    log = MetricsLog(accelerator, args.output_dir)
+    window: dict[str, torch.Tensor] = {}  # sums over the good steps of the logging window
+    pending: dict[str, torch.Tensor] = {}  # this step's micro-batches, added to the window once the step is good
+    count = pending_count = skipped = bad_in_a_row = 0
     for batch in endless_batches(loader, accelerator, state.step):
         if state.step >= args.max_steps:
             break
@@ -222,4 +267,11 @@ def train_loop(
             on_step(state.step)
         if args.checkpointing_steps and state.step % args.checkpointing_steps == 0 and state.step < args.max_steps:
             save_checkpoint(accelerator, args, state.step)
-    bar.close()
+        if state.step < args.max_steps and stop.requested(accelerator):
+            name = signal.Signals(stop.signal).name if stop.signal else "a signal on another process"
+            saved = save_checkpoint(accelerator, args, state.step)
+            logger.warning("%s: stopped after step %d; saved %s; continue with --resume_from_checkpoint latest",
+                           name, state.step, saved)
+            bar.close()
+            end_run(accelerator)
+            raise KeyboardInterrupt

@@ -35,6 +35,7 @@ from . import runtime
 from .checkpoints import restore_state, save_checkpoint
 from .encode import encode_to_disk, load_codes
 from .loop import TrainPart, train_loader, train_loop
+from .run_folder import clear_earlier_run, open_run_folder
 from .runtime import TrainingArguments
 
 logger = logging.getLogger("minidalle")
@@ -117,12 +118,19 @@ def _load_start(prior_args: PriorArguments):
     return load_image_tokenizer(prior_args.image_tokenizer), None, None
 
 
-def train(data_args: DataArguments, args: TrainingArguments, prior_args: PriorArguments) -> Path:
+def train(
+    data_args: DataArguments, args: TrainingArguments, prior_args: PriorArguments, explicit: set[str] | None = None
+) -> Path:
+    """Train in `args.output_dir` (see `run_folder` for new, resumed and overwritten runs). `explicit` names the
+    flags given on the command line: on resume, the others take the run's saved values (None: all were given)."""
     for arguments in (data_args, args, prior_args):
         check_bounds(arguments)
+    sections, stale = open_run_folder(args, {"data": data_args, "training": args, "prior": prior_args}, explicit)
+    data_args, args, prior_args = sections["data"], sections["training"], sections["prior"]
     accelerator = runtime.make_accelerator(args)
     is_main = accelerator.is_main_process
     out_dir = writable_folder(args.output_dir, "--output_dir")
+    clear_earlier_run(accelerator, out_dir, stale)
     image_tokenizer, text_tokenizer, init_prior = _load_start(prior_args)
     codes_ds, codes_info = _codes_cache(data_args, prior_args, image_tokenizer, out_dir, accelerator)
     captions = list(codes_ds.with_format(None)["caption"])

@@ -47,7 +47,15 @@ class TrainingArguments:
         500, help="Save a resumable checkpoint every N steps (0: only at the end).", minimum=0
     )
     checkpoints_total_limit: int = arg(2, help="Keep only the newest N checkpoints.", minimum=1)
-    resume_from_checkpoint: str = arg("", help="'latest' or a checkpoint folder to continue from.")
+    resume_from_checkpoint: str = arg(
+        "", help="'latest' or a checkpoint folder to continue from; the run's saved configuration is used."
+    )
+    overwrite_output_dir: bool = arg(
+        False, help="Start over in an --output_dir that holds a run: its own files are removed first."
+    )
+    override_saved_config: bool = arg(
+        False, help="On resume, use flags that differ from the run's saved configuration (they are logged)."
+    )
     logging_steps: int = arg(25, help="Log metrics (log.jsonl, trackers) every N steps.", minimum=1)
     image_steps: int = arg(500, help="Write a picture of the model's progress every N steps (0: never).", minimum=0)
     report_to: str = arg(

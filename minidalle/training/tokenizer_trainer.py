@@ -30,6 +30,7 @@ from ..options import arg, check_bounds
 from . import runtime, schedules
 from .checkpoints import restore_state, save_checkpoint
 from .loop import TrainPart, train_loader, train_loop
+from .run_folder import clear_earlier_run, open_run_folder
 from .runtime import TrainingArguments
 
 logger = logging.getLogger("minidalle")
@@ -133,12 +134,19 @@ def evaluate(model: DiscreteVAE, images: torch.Tensor, batch_size: int = 128) ->
     }
 
 
-def train(data_args: DataArguments, args: TrainingArguments, tok_args: TokenizerArguments) -> Path:
+def train(
+    data_args: DataArguments, args: TrainingArguments, tok_args: TokenizerArguments, explicit: set[str] | None = None
+) -> Path:
+    """Train in `args.output_dir` (see `run_folder` for new, resumed and overwritten runs). `explicit` names the
+    flags given on the command line: on resume, the others take the run's saved values (None: all were given)."""
     for arguments in (data_args, args, tok_args):
         check_bounds(arguments)
+    sections, stale = open_run_folder(args, {"data": data_args, "training": args, "tokenizer": tok_args}, explicit)
+    data_args, args, tok_args = sections["data"], sections["training"], sections["tokenizer"]
     accelerator = runtime.make_accelerator(args)
     is_main = accelerator.is_main_process
     out_dir = writable_folder(args.output_dir, "--output_dir")
+    clear_earlier_run(accelerator, out_dir, stale)
     if tok_args.init_from:
         start = DiscreteVAE.from_pretrained(tok_args.init_from).train()
         config = start.config
