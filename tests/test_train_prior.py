@@ -175,6 +175,25 @@ def test_the_codes_cache_is_built_once_and_reused(shapes_dir, image_tokenizer_di
     assert len(list((data / ".minidalle-codes").iterdir())) == 2
 
 
+def test_edited_captions_rebuild_the_codes_cache(shapes_dir, image_tokenizer_dir, tmp_path, caplog):
+    data = tmp_path / "data"
+    shutil.copytree(shapes_dir, data, ignore=shutil.ignore_patterns(".minidalle-codes"))
+    run(tiny_args(data, tmp_path / "a", image_tokenizer_dir, "--max_steps", "2"))
+    copy = tmp_path / "copy"
+    shutil.copytree(data, copy, copy_function=shutil.copy2)  # the dataset copied with its cache (cp -a)
+    rows = [json.loads(line) for line in (copy / "metadata.jsonl").read_text().splitlines()]
+    (copy / "metadata.jsonl").write_text("".join(json.dumps({**r, "text": "an edited caption"}) + "\n" for r in rows))
+    caplog.set_level("INFO", logger="minidalle")
+    run(tiny_args(copy, tmp_path / "b", image_tokenizer_dir, "--max_steps", "2"))
+    assert "made from other images or captions" in caplog.text
+    h = DiscreteVAE.from_pretrained(image_tokenizer_dir).codes_hash()
+    codes, _ = train_prior_module.load_codes(copy / ".minidalle-codes" / f"{h}-train")
+    assert set(codes.with_format(None)["caption"]) == {"an edited caption"}  # trained on the captions as edited
+    caplog.clear()
+    run(tiny_args(copy, tmp_path / "c", image_tokenizer_dir, "--max_steps", "2"))
+    assert "made from other images or captions" not in caplog.text  # the rebuilt cache is reused
+
+
 def test_codes_of_another_image_tokenizer_are_a_user_error(shapes_dir, tmp_path):
     from minidalle.data import DataArguments
     from minidalle.training.encode import encode_to_disk

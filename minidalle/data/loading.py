@@ -16,7 +16,9 @@ centre-cropped (or randomly cropped).
 
 from __future__ import annotations
 
+import hashlib
 import io
+import json
 import logging
 import os
 import random
@@ -94,6 +96,34 @@ def _load_raw(data: str, split: str):
             raise UserError(f"--data {data}: no split {split!r} (available: {', '.join(loaded)})")
         return loaded[split]
     return loaded
+
+
+def data_fingerprint(args: DataArguments) -> str:
+    """A short hash of what `load_captioned_dataset(args)` would read, without reading the images.
+
+    For a local folder: the bytes of its metadata files (`metadata.jsonl` / `.csv`, `dataset_info.json`,
+    ...: captions live there) and the path, size and modification time of every other file; for a hub
+    name, the name. Plus the flags that choose the examples. Editing a caption, adding, removing or
+    replacing an image changes it; copying the folder with `cp -a` does not.
+    """
+    digest = hashlib.sha256()
+    fields = ("data", "split", "image_column", "caption_column", "max_examples", "skip_bad_examples")
+    digest.update(json.dumps({k: getattr(args, k) for k in fields if k != "data"}, sort_keys=True).encode())
+    root = Path(args.data)
+    if not root.is_dir():
+        digest.update(args.data.encode())
+        return digest.hexdigest()[:16]
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        relative = path.relative_to(root)
+        if any(part.startswith(".") for part in relative.parts):  # our caches and markers, editor files
+            continue
+        stat = path.stat()
+        digest.update(f"{relative.as_posix()}\0{stat.st_size}\0".encode())
+        if path.suffix in (".jsonl", ".json", ".csv", ".txt", ".parquet", ".arrow"):
+            digest.update(path.read_bytes())
+        else:
+            digest.update(str(stat.st_mtime_ns).encode())
+    return digest.hexdigest()[:16]
 
 
 def load_captioned_dataset(args: DataArguments, require_captions: bool = True):

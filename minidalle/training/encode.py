@@ -21,6 +21,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..data import CaptionedImages, DataArguments, load_captioned_dataset
+from ..data.loading import data_fingerprint
 from ..errors import UserError
 from ..folders import atomic_folder, check_replaceable
 from ..image_tokenizers import ImageTokenizer, load_image_tokenizer
@@ -106,6 +107,7 @@ def encode_to_disk(
     ds = load_captioned_dataset(data_args, require_captions=True)
     codes = encode_dataset(tokenizer, ds, data_args, batch_size, progress)
     info = {
+        "data_fingerprint": data_fingerprint(data_args),
         "tokenizer_hash": tokenizer.codes_hash(),
         "num_codes": tokenizer.num_codes,
         "grid_size": tokenizer.grid_size,

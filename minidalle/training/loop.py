@@ -270,8 +270,12 @@ def _steps(accelerator, args, parts, loader, state, step_fn, on_log, on_step, ba
         if state.step < args.max_steps and stop.requested(accelerator):
             name = signal.Signals(stop.signal).name if stop.signal else "a signal on another process"
             saved = save_checkpoint(accelerator, args, state.step)
-            logger.warning("%s: stopped after step %d; saved %s; continue with --resume_from_checkpoint latest",
-                           name, state.step, saved)
+            logger.warning(
+                "%s: stopped after step %d; saved %s; continue with --resume_from_checkpoint latest",
+                name,
+                state.step,
+                saved,
+            )
             bar.close()
             end_run(accelerator)
             raise KeyboardInterrupt

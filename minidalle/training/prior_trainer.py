@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from ..data import DataArguments
+from ..data.loading import data_fingerprint
 from ..errors import UserError
 from ..folders import writable_folder
 from ..image_tokenizers import ImageTokenizer, load_image_tokenizer
@@ -80,7 +81,8 @@ class PriorArguments:
 def _codes_cache(
     data_args: DataArguments, prior_args: PriorArguments, tokenizer: ImageTokenizer, out_dir: Path, accelerator
 ):
-    """The encode-once cache: `--codes`, or DATA/.minidalle-codes/<hash>-<split>, built on first use."""
+    """The encode-once cache: `--codes`, or DATA/.minidalle-codes/<hash>-<split>, built on first use and rebuilt
+    (with a log line saying why) when the data's content changed since (`data_fingerprint`)."""
     h = tokenizer.codes_hash()
     if prior_args.codes:
         return load_codes(prior_args.codes, expected_hash=h)
@@ -89,8 +91,17 @@ def _codes_cache(
     data = Path(data_args.data)
     base = data / ".minidalle-codes" if data.is_dir() and os.access(data, os.W_OK) else out_dir / "codes"
     cache = base / f"{h}-{data_args.split}{f'-{data_args.max_examples}' if data_args.max_examples else ''}"
-    if not (cache / "codes_info.json").is_file():
+    fingerprint = data_fingerprint(data_args)
+    info_path = cache / "codes_info.json"
+    stale = info_path.is_file() and json.loads(info_path.read_text()).get("data_fingerprint") != fingerprint
+    if not info_path.is_file() or stale:
         if accelerator.is_main_process:
+            if stale:
+                logger.info(
+                    "the codes cache %s was made from other images or captions than %s holds now: encoding again",
+                    cache,
+                    data_args.data,
+                )
             logger.info("encoding %s once with image tokenizer %s -> %s", data_args.data, h, cache)
             encode_to_disk(tokenizer, data_args, cache)
         accelerator.wait_for_everyone()
