@@ -115,6 +115,25 @@ def test_compiled_decode_step_matches_eager(prior, text, cxx_compiler):
     assert not torch.equal(caches[0][0][:, :, L + 7], before)  # the new key was written at `pos`
 
 
+def test_the_compiled_step_notices_weights_changed_in_place(text, cxx_compiler, caplog):
+    """The compiled graph freezes the weights: after an in-place change it is compiled again, never stale."""
+    torch.manual_seed(3)
+    model = Prior(
+        PriorConfig(text_vocab_size=V, text_len=L, num_image_codes=K, image_grid=G, dim=16, layers=1, heads=2)
+    )
+    model.eval()
+    with torch.no_grad():
+        model.image_head.weight.mul_(20)
+    first = sample_codes(model, text, temperature=0.0, compile=True)
+    assert torch.equal(first, sample_codes(model, text, temperature=0.0))
+    with torch.no_grad():  # as an optimizer step or load_state_dict would
+        model.image_head.weight.copy_(torch.randn_like(model.image_head.weight) * 20)
+    eager = sample_codes(model, text, temperature=0.0)
+    assert not torch.equal(eager, first)  # the change matters
+    assert torch.equal(sample_codes(model, text, temperature=0.0, compile=True), eager)
+    assert "weights changed since its sampling step was compiled" in caplog.text
+
+
 # --- guidance --------------------------------------------------------------------------------
 
 

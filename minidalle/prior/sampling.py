@@ -17,18 +17,21 @@ dominate (a CPU at small batches: measured 2-3x at batch 1 and 1.6-1.8x at batch
 on the peer config, see the README's Performance), costs 20-50 s of
 compilation per batch shape on first use (guidance doubles the batch; a
 smaller last batch is another shape), and bakes the weights into the graph:
-a new prior object is compiled afresh, but weights changed in place after a
-compiled call are not seen. Use it for inference only.
+a new prior object is compiled afresh, and weights changed in place after a
+compiled call are noticed and compiled again (`compiled_step_for`).
 """
 
 from __future__ import annotations
 
 import functools
+import logging
 
 import torch
 
 from ..errors import require_cpu_compiler
 from .model import Prior
+
+logger = logging.getLogger("minidalle")
 
 
 def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
@@ -81,6 +84,27 @@ def compiled_decode_step():
     return run
 
 
+# id(prior) -> the weights (storage and in-place version of each parameter) its compiled graphs froze
+_FROZEN_WEIGHTS: dict[int, tuple] = {}
+
+
+def compiled_step_for(prior: Prior):
+    """The compiled step, for `prior`'s current weights.
+
+    The compiled graph holds the weights it was built with (freezing). When the prior's parameters were
+    changed in place since (an optimizer step, `load_state_dict`, `p.mul_`), every compiled graph is
+    dropped (`torch._dynamo.reset()`) and the step is compiled again, with a log line, so that sampling
+    never runs stale weights."""
+    weights = tuple((p.data_ptr(), p._version) for p in prior.parameters())
+    if _FROZEN_WEIGHTS.get(id(prior), weights) != weights:
+        logger.warning("the prior's weights changed since its sampling step was compiled: compiling it again")
+        torch._dynamo.reset()
+        compiled_decode_step.cache_clear()
+        _FROZEN_WEIGHTS.clear()
+    _FROZEN_WEIGHTS[id(prior)] = weights
+    return compiled_decode_step()
+
+
 @torch.inference_mode()
 def sample_codes(
     prior: Prior,
@@ -117,7 +141,7 @@ def sample_codes(
     cache = prior.new_cache(bb, text_tokens.device) if use_cache else None
     if compile and use_cache and text_tokens.device.type == "cpu":
         require_cpu_compiler("compile=True (sample.py --compile)")
-    step = compiled_decode_step() if compile and use_cache else decode_step
+    step = compiled_step_for(prior) if compile and use_cache else decode_step
 
     def both_branches(c: torch.Tensor) -> torch.Tensor:  # the conditional and unconditional rows share the codes
         return c.repeat(2, 1) if guided else c
