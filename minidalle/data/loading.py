@@ -126,6 +126,13 @@ def data_fingerprint(args: DataArguments) -> str:
     return digest.hexdigest()[:16]
 
 
+def seeded_holdout(length: int, count: int, seed: int) -> list[int]:
+    """`count` of `length` example indices drawn by a seeded shuffle, sorted: a validation hold-out spread over
+    the data (the last N in file order would often be one category: the emoji export ends with signs)."""
+    order = torch.randperm(length, generator=torch.Generator().manual_seed(seed))
+    return sorted(order[:count].tolist())
+
+
 def load_captioned_dataset(args: DataArguments, require_captions: bool = True):
     """Load `args.data`, check its columns and every example; returns a `datasets.Dataset`.
 

@@ -13,6 +13,7 @@ run writes a complete pipeline folder to OUTPUT_DIR/pipeline/.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -22,7 +23,7 @@ from pathlib import Path
 import torch
 
 from ..data import DataArguments
-from ..data.loading import data_fingerprint
+from ..data.loading import data_fingerprint, seeded_holdout
 from ..errors import UserError
 from ..folders import writable_folder
 from ..image_tokenizers import ImageTokenizer, load_image_tokenizer
@@ -69,7 +70,13 @@ class PriorArguments:
     gradient_checkpointing: bool = arg(
         False, help="Recompute activations in the backward pass: less memory, slower steps."
     )
-    eval_examples: int = arg(500, help="Examples held out of --data for validation.", minimum=0)
+    eval_data: str = arg("", help="A separate set for validation (default: --eval_examples held out of --data).")
+    eval_split: str = arg(
+        "", help="The split to validate on: of --eval_data, or of --data itself when --eval_data is not given."
+    )
+    eval_examples: int = arg(
+        500, help="Without --eval_data/--eval_split: examples held out of --data (a seeded shuffle).", minimum=0
+    )
     eval_steps: int = arg(500, help="Validate (image-token NLL, bits/dim) and draw samples every N steps.", minimum=0)
     sample_prompts: str = arg("", help="Prompts for the sample grids, separated by '|' (default: 4 held-out captions).")
     guidance_scale: float = arg(3.0, help="Classifier-free guidance scale for the sample grids.")
@@ -201,11 +208,29 @@ def train(
     text_tokens = model.text_tokens(text_ids, text_tokenizer.pad_token_id)
     image_codes = torch.as_tensor(codes_ds.with_format("numpy")[:]["codes"]).long()  # (N, h*w)
 
-    n_eval = min(prior_args.eval_examples, len(captions) // 10)
-    n_train = len(captions) - n_eval
-    train_set = torch.utils.data.TensorDataset(text_tokens[:n_train], image_codes[:n_train])
-    eval_text, eval_codes = text_tokens[n_train:], image_codes[n_train:]
-    eval_captions = captions[n_train:]
+    if prior_args.eval_data or prior_args.eval_split:
+        eval_args = dataclasses.replace(
+            data_args,
+            data=prior_args.eval_data or data_args.data,
+            split=prior_args.eval_split or data_args.split,
+            max_examples=0,
+        )
+        eval_ds, _ = _codes_cache(
+            eval_args, dataclasses.replace(prior_args, codes=""), image_tokenizer, out_dir, accelerator
+        )
+        eval_captions = list(eval_ds.with_format(None)["caption"])
+        eval_ids, _ = encode_captions(text_tokenizer, eval_captions, prior_args.text_len, warn=False)
+        eval_text = model.text_tokens(eval_ids, text_tokenizer.pad_token_id)
+        eval_codes = torch.as_tensor(eval_ds.with_format("numpy")[:]["codes"]).long()
+        train_set = torch.utils.data.TensorDataset(text_tokens, image_codes)
+        holdout = {"data": eval_args.data, "split": eval_args.split}
+    else:
+        held = seeded_holdout(len(captions), min(prior_args.eval_examples, len(captions) // 10), args.seed)
+        kept = sorted(set(range(len(captions))) - set(held))
+        train_set = torch.utils.data.TensorDataset(text_tokens[kept], image_codes[kept])
+        eval_text, eval_codes, eval_captions = text_tokens[held], image_codes[held], [captions[i] for i in held]
+        holdout = {"seed": args.seed, "indices": held}
+    n_train, n_eval = len(train_set), len(eval_captions)
     loader = train_loader(train_set, args)
 
     runtime.check_free_space(args, model)
@@ -229,6 +254,7 @@ def train(
                     "prior": asdict(prior_args),
                     "model": asdict(raw_model.config),
                     "codes": codes_info,
+                    "holdout": holdout,
                 },
                 indent=2,
             )
@@ -265,6 +291,7 @@ def train(
             log_path = out_dir / "log.jsonl"
             with open(log_path, "a", encoding="utf-8") as f:
                 f.write(json.dumps({"step": step, **result}) + "\n")
+            accelerator.log(result, step=step)
             logger.info(
                 "step %d: validation image NLL %.4f nats/token = %.4f bits/token, %.4f bits/dim",
                 step,

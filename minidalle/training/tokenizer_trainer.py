@@ -13,6 +13,7 @@ finished tokenizer in OUTPUT_DIR/image_tokenizer/.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from dataclasses import asdict, dataclass
@@ -21,6 +22,7 @@ from pathlib import Path
 import torch
 
 from ..data import CaptionedImages, DataArguments, load_captioned_dataset, load_image_tensor
+from ..data.loading import seeded_holdout
 from ..errors import UserError
 from ..folders import writable_folder
 from ..image_tokenizers import PRESETS, QUANTIZERS, DiscreteVAE, DVAEConfig, tokenizer_loss
@@ -76,9 +78,11 @@ class TokenizerArguments:
         "path; the codes, and any prior trained on them, stay valid.",
     )
     eval_data: str = arg("", help="A separate set for held-out PSNR (default: --eval_examples held out of --data).")
-    eval_split: str = arg("", help="The split of --eval_data to evaluate on (default: --split).")
+    eval_split: str = arg(
+        "", help="The split to evaluate on: of --eval_data, or of --data itself when --eval_data is not given."
+    )
     eval_examples: int = arg(
-        256, help="Examples held out of --data for evaluation when --eval_data is not given.", minimum=0
+        256, help="Without --eval_data/--eval_split: examples held out of --data (a seeded shuffle).", minimum=0
     )
 
     def model_config(self, preset: str, resolution: int) -> DVAEConfig:
@@ -160,22 +164,23 @@ def train(
 
     # ---- data: validated before any step
     ds = load_captioned_dataset(data_args, require_captions=False)
-    if tok_args.eval_data:
-        eval_ds = load_captioned_dataset(
-            DataArguments(
-                **{
-                    **asdict(data_args),
-                    "data": tok_args.eval_data,
-                    "split": tok_args.eval_split or data_args.split,
-                    "max_examples": 0,
-                }
-            ),
-            require_captions=False,
+    if tok_args.eval_data or tok_args.eval_split:
+        eval_args = dataclasses.replace(
+            data_args,
+            data=tok_args.eval_data or data_args.data,
+            split=tok_args.eval_split or data_args.split,
+            max_examples=0,
+        )
+        eval_ds, holdout = (
+            load_captioned_dataset(eval_args, require_captions=False),
+            {"data": eval_args.data, "split": eval_args.split},
         )
     else:
         n_eval = min(tok_args.eval_examples, len(ds) // 10)
-        eval_ds = ds.select(range(len(ds) - n_eval, len(ds))) if n_eval else None
-        ds = ds.select(range(len(ds) - n_eval))
+        indices = seeded_holdout(len(ds), n_eval, args.seed)
+        eval_ds = ds.select(indices) if n_eval else None
+        ds = ds.select(sorted(set(range(len(ds))) - set(indices)))
+        holdout = {"seed": args.seed, "indices": indices}
     train_set = _image_source(data_args, ds, progress=is_main)
     eval_images = load_image_tensor(eval_ds, data_args, progress=False).float() / 255 if eval_ds is not None else None
     loader = train_loader(train_set, args)
@@ -196,6 +201,7 @@ def train(
                     "training": asdict(args),
                     "tokenizer": asdict(tok_args),
                     "model": asdict(config),
+                    "holdout": holdout,
                 },
                 indent=2,
             )
@@ -280,6 +286,7 @@ def train(
         if eval_images is not None:
             result = {"step": state.step, **evaluate(raw_model, eval_images.to(accelerator.device))}
             (out_dir / "eval.json").write_text(json.dumps(result, indent=2) + "\n")
+            accelerator.log({k: v for k, v in result.items() if k != "step"}, step=state.step)
             logger.info(
                 "held-out PSNR %.2f dB, codebook usage %.1f%% (%d images)",
                 result["eval_psnr"],
