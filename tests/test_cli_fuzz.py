@@ -150,8 +150,15 @@ def kinds_for(name: str) -> list[str]:
     fake = {k: Path("/world") / k for k in ("root", "shapes", "pipeline", "tok", "image", "manifest", "empty", "file")}
     argv = skeleton(name, fake, Path("/world/out"))
     s = slots(name, argv, fake)
-    usable = {"unknown": True, "type": s["numbers"], "bounds": s["bounded"], "missing": s["folders"],
-              "file": s["folders"], "folder": s["files"], "empty": "--data" in argv}
+    usable = {
+        "unknown": True,
+        "type": s["numbers"],
+        "bounds": s["bounded"],
+        "missing": s["folders"],
+        "file": s["folders"],
+        "folder": s["files"],
+        "empty": "--data" in argv,
+    }
     return [k for k in KINDS if usable[k]]
 
 

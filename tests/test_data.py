@@ -449,23 +449,59 @@ def test_non_square_downscaled_keeps_the_middle():
     assert inner[1].min() > 0.9 and inner[0].max() < 0.1 and inner[2].max() < 0.1
 
 
-def test_random_crop_varies_with_seed_and_keeps_size():
+def test_random_crop_varies_with_the_generator_and_keeps_size():
     # the short side is resized to R, so only the long side leaves room to move
     wide, tall = coordinate_image(160, 64), coordinate_image(64, 100)
     origins = []
     for seed in range(12):
-        pixels = ImageTransform(64, random_crop=True, seed=seed)(wide)
+        pixels = ImageTransform(64, random_crop=True, generator=torch.Generator().manual_seed(seed))(wide)
         assert pixels.shape == (3, 64, 64)
         origins.append(crop_origin(pixels))
     assert all(0 <= left <= 96 and top == 0 for left, top in origins)
     assert len(set(origins)) > 3
-    again = [crop_origin(ImageTransform(64, random_crop=True, seed=seed)(wide)) for seed in range(12)]
-    assert again == origins  # the seed decides the crop
+    again = [
+        crop_origin(ImageTransform(64, random_crop=True, generator=torch.Generator().manual_seed(seed))(wide))
+        for seed in range(12)
+    ]
+    assert again == origins  # the generator's state decides the crop
+    torch.manual_seed(7)  # by default the crops come from torch's default generator (saved in checkpoints)
+    first = [crop_origin(ImageTransform(64, random_crop=True)(wide)) for _ in range(6)]
+    torch.manual_seed(7)
+    assert [crop_origin(ImageTransform(64, random_crop=True)(wide)) for _ in range(6)] == first
     assert crop_origin(ImageTransform(64)(wide)) == (48, 0)
 
-    tops = [crop_origin(ImageTransform(64, random_crop=True, seed=seed)(tall)) for seed in range(12)]
+    tops = [
+        crop_origin(ImageTransform(64, random_crop=True, generator=torch.Generator().manual_seed(seed))(tall))
+        for seed in range(12)
+    ]
     assert all(left == 0 and 0 <= top <= 36 for left, top in tops)
     assert len(set(tops)) > 3
+
+
+def test_random_crops_are_a_function_of_seed_epoch_and_example(tmp_path):
+    """In training, a crop depends on (seed, epoch, index) only: DataLoader workers crop their examples differently
+    (a private random.Random(0) used to repeat itself in every worker), epochs differ, and a resumed run, whatever
+    the loader read ahead, crops as an uninterrupted one."""
+    folder = tmp_path / "wide"
+    (folder / "images").mkdir(parents=True)
+    rows = []
+    for i in range(8):
+        coordinate_image(160, 64).save(folder / f"images/{i}.png")
+        rows.append({"file_name": f"images/{i}.png", "text": "a wide picture"})
+    (folder / "metadata.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    args = DataArguments(data=str(folder), resolution=64, random_crop=True)
+    images = CaptionedImages(load_captioned_dataset(args), args, seed=3)
+
+    def crops(num_workers: int) -> list[tuple[int, int]]:
+        loader = torch.utils.data.DataLoader(images, batch_size=1, num_workers=num_workers)
+        return [crop_origin(batch["pixel_values"][0]) for batch in loader]
+
+    two_workers = crops(2)  # worker 0 makes items 0, 2, ...; worker 1 items 1, 3, ...
+    assert two_workers[0::2] != two_workers[1::2] and len(set(two_workers)) > 3
+    torch.manual_seed(123)  # the global RNG plays no part
+    assert crops(0) == two_workers
+    images.set_epoch(1)
+    assert crops(0) != two_workers
 
 
 def test_a_decompression_bomb_is_refused_naming_the_file(tmp_path, monkeypatch):

@@ -161,19 +161,35 @@ def same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
 # --- kill -9 at a random step, then resume ------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["tokenizer", "prior"])
+@pytest.fixture(scope="module")
+def wide_shapes_dir(shapes_dir, tmp_path_factory) -> Path:
+    """The shapes images padded to 64x96, so that a random crop has room to move."""
+    from PIL import Image
+
+    out = tmp_path_factory.mktemp("wide")
+    shutil.copytree(shapes_dir, out, dirs_exist_ok=True, ignore=shutil.ignore_patterns(".minidalle-codes"))
+    for path in (out / "images").glob("*.png"):
+        wide = Image.new("RGB", (96, 64))
+        wide.paste(Image.open(path), (16, 0))
+        wide.save(path)
+    return out
+
+
+@pytest.mark.parametrize("name", ["tokenizer", "tokenizer-random-crop", "prior"])
 def test_sigkill_at_a_random_step_then_resume_gives_the_uninterrupted_weights(
-    name, shapes_dir, image_tokenizer_dir, tmp_path
+    name, shapes_dir, wide_shapes_dir, image_tokenizer_dir, tmp_path
 ):
+    crop = name.endswith("random-crop")
+    name, data, extra = ("tokenizer", wide_shapes_dir, ["--random_crop"]) if crop else (name, shapes_dir, [])
     script, _, load = TRAINERS[name]
     full = tmp_path / "full"
-    run_in_process(name, trainer_argv(name, shapes_dir, image_tokenizer_dir, full))
+    run_in_process(name, trainer_argv(name, data, image_tokenizer_dir, full, *extra))
 
     seed = random.randrange(10**6)
     kill_after = random.Random(seed).randint(4, STEPS - 2)  # past the first checkpoint (step 3), before the end
     where = f"{name}, kill after step {kill_after} (seed {seed})"
     killed = tmp_path / "killed"
-    cmd = [sys.executable, str(ROOT / script), *trainer_argv(name, shapes_dir, image_tokenizer_dir, killed)]
+    cmd = [sys.executable, str(ROOT / script), *trainer_argv(name, data, image_tokenizer_dir, killed, *extra)]
     with open(tmp_path / "stderr.txt", "w") as stderr:
         proc = subprocess.Popen(cmd, env=env(), stdout=subprocess.DEVNULL, stderr=stderr)
         deadline = time.monotonic() + 180
@@ -193,9 +209,9 @@ def test_sigkill_at_a_random_step_then_resume_gives_the_uninterrupted_weights(
     assert 3 <= saved_step <= logged_steps(killed)[-1] < STEPS, where
 
     run_in_process(
-        name, trainer_argv(name, shapes_dir, image_tokenizer_dir, killed, "--resume_from_checkpoint", "latest")
+        name, trainer_argv(name, data, image_tokenizer_dir, killed, *extra, "--resume_from_checkpoint", "latest")
     )
-    assert logged_steps(killed)[-1] == STEPS
+    assert logged_steps(killed) == list(range(1, STEPS + 1))  # every step once
     assert same_weights(load(full), load(killed)), f"{where}: resumed from step {saved_step}"
 
 

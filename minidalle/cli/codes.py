@@ -109,7 +109,7 @@ def reconstruct_main(args: ReconstructArguments, data_args: DataArguments, _) ->
         check_apart(args.out, data_args.data)
     out = prepare_out_dir(claim_output_folder(args.out, "reconstructions", RECONSTRUCT_FILES))
     has_objects = "objects" in ds.column_names
-    loader = torch.utils.data.DataLoader(CaptionedImages(ds, data_args), batch_size=args.batch_size)
+    loader = torch.utils.data.DataLoader(CaptionedImages(ds, data_args, random_crop=False), batch_size=args.batch_size)
     rows, errors, histogram = [], [], torch.zeros(tokenizer.num_codes, dtype=torch.long)
     for batch in tqdm(loader, desc="reconstructing", leave=False):
         images = batch["pixel_values"]

@@ -21,7 +21,6 @@ import io
 import json
 import logging
 import os
-import random
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -241,12 +240,14 @@ def to_rgb(image: Image.Image) -> Image.Image:
 class ImageTransform:
     """PIL image -> float tensor (3, R, R) in [0, 1]: RGB, short side to R, crop."""
 
-    def __init__(self, resolution: int, random_crop: bool = False, seed: int = 0) -> None:
+    def __init__(self, resolution: int, random_crop: bool = False, generator: torch.Generator | None = None) -> None:
         self.resolution = resolution
         self.random_crop = random_crop
-        self.rng = random.Random(seed)
+        self.generator = generator  # where random crops are drawn from (None: torch's default generator)
 
-    def __call__(self, image: Image.Image) -> torch.Tensor:
+    def __call__(self, image: Image.Image, generator: torch.Generator | None = None) -> torch.Tensor:
+        """`generator`, when given, draws this image's crop (instead of the transform's own)."""
+        generator = generator or self.generator
         r = self.resolution
         image = to_rgb(image)
         w, h = image.size
@@ -256,7 +257,8 @@ class ImageTransform:
             image = image.resize(size, Image.BICUBIC if scale > 1 else Image.LANCZOS)
             w, h = image.size
         if self.random_crop:
-            left, top = self.rng.randint(0, w - r), self.rng.randint(0, h - r)
+            left = int(torch.randint(0, w - r + 1, (), generator=generator))
+            top = int(torch.randint(0, h - r + 1, (), generator=generator))
         else:
             left, top = (w - r) // 2, (h - r) // 2
         if (w, h) != (r, r):
@@ -266,20 +268,34 @@ class ImageTransform:
 
 
 class CaptionedImages(torch.utils.data.Dataset):
-    """A map-style torch dataset over a validated `datasets.Dataset`: {"pixel_values", "caption", "index"}."""
+    """A map-style torch dataset over a validated `datasets.Dataset`: {"pixel_values", "caption", "index"}.
 
-    def __init__(self, ds, args: DataArguments, with_captions: bool = True) -> None:
+    A random crop is a pure function of (`seed`, the epoch set by `set_epoch`, the example's index): a resumed
+    run crops exactly as an uninterrupted one (whatever the loader read ahead), every DataLoader worker crops
+    its own examples differently, and each epoch sees new crops."""
+
+    def __init__(
+        self, ds, args: DataArguments, with_captions: bool = True, random_crop: bool | None = None, seed: int = 0
+    ) -> None:
         self.ds = ds
         self.image_column = args.image_column
         self.caption_column = args.caption_column if with_captions else None
-        self.transform = ImageTransform(args.resolution, args.random_crop)
+        self.transform = ImageTransform(args.resolution, args.random_crop if random_crop is None else random_crop)
+        self.seed, self.epoch = seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
 
     def __len__(self) -> int:
         return len(self.ds)
 
     def __getitem__(self, index: int) -> dict:
         row = self.ds[int(index)]
-        item = {"pixel_values": self.transform(row[self.image_column]), "index": int(index)}
+        crop = None
+        if self.transform.random_crop:
+            key = hashlib.sha256(f"{self.seed}/{self.epoch}/{int(index)}".encode()).digest()
+            crop = torch.Generator().manual_seed(int.from_bytes(key[:8], "big") >> 1)
+        item = {"pixel_values": self.transform(row[self.image_column], crop), "index": int(index)}
         if self.caption_column:
             item["caption"] = row[self.caption_column]
         return item

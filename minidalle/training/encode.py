@@ -40,7 +40,7 @@ def encode_dataset(
 ) -> torch.Tensor:
     """Codes (N, h*w) int16/int32 of every image of a validated `datasets.Dataset`, in order."""
     device = next(tokenizer.parameters()).device
-    images = CaptionedImages(ds, data_args, with_captions=with_captions)
+    images = CaptionedImages(ds, data_args, with_captions=with_captions, random_crop=False)  # codes of the whole view
     # its own generator: whether the codes were cached must not change the global RNG (and so a model's init)
     loader = torch.utils.data.DataLoader(images, batch_size=batch_size, shuffle=False, generator=torch.Generator())
     dtype = torch.int16 if tokenizer.num_codes <= 2**15 else torch.int32

@@ -55,6 +55,8 @@ def endless_batches(dataloader, accelerator: Accelerator, start_step: int) -> It
     epoch, skip = divmod(start_step * per_step, batches_per_epoch)
     while True:
         dataloader.set_epoch(epoch)
+        if hasattr(dataloader.dataset, "set_epoch"):  # e.g. random crops that are a function of the epoch
+            dataloader.dataset.set_epoch(epoch)
         source = accelerator.skip_first_batches(dataloader, skip) if skip else dataloader
         yield from source
         epoch, skip = epoch + 1, 0

@@ -104,12 +104,12 @@ class TokenizerArguments:
         return DVAEConfig(**values)
 
 
-def _image_source(data_args: DataArguments, ds, progress: bool):
+def _image_source(data_args: DataArguments, ds, progress: bool, seed: int):
     """A torch dataset of images: preloaded uint8 when it fits in memory, else decoded per item."""
     r = data_args.resolution
     if not data_args.random_crop and len(ds) * 3 * r * r <= PRELOAD_LIMIT_BYTES:
         return torch.utils.data.TensorDataset(load_image_tensor(ds, data_args, progress=progress))
-    return CaptionedImages(ds, data_args, with_captions=False)
+    return CaptionedImages(ds, data_args, with_captions=False, seed=seed)
 
 
 def _images(batch) -> torch.Tensor:
@@ -181,7 +181,7 @@ def train(
         eval_ds = ds.select(indices) if n_eval else None
         ds = ds.select(sorted(set(range(len(ds))) - set(indices)))
         holdout = {"seed": args.seed, "indices": indices}
-    train_set = _image_source(data_args, ds, progress=is_main)
+    train_set = _image_source(data_args, ds, progress=is_main, seed=args.seed)
     eval_images = load_image_tensor(eval_ds, data_args, progress=False).float() / 255 if eval_ds is not None else None
     loader = train_loader(train_set, args)
 
