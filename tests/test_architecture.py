@@ -172,6 +172,7 @@ def test_load_image_tokenizer_dispatches_on_kind_and_names_a_wrong_folder(tmp_pa
 
 
 # --- folders saved before the layout change (tests/fixtures/legacy, written by the code of f5a2c03) --------------
+# (its samples were drawn with batch_size=1, where that code already seeded each image alone: seed + i, as now)
 
 
 @pytest.fixture(scope="module")

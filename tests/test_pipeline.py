@@ -142,12 +142,38 @@ def test_seeds_reproduce_and_differ(pipe):
     assert not torch.equal(a.codes, c.codes)
 
 
-def test_each_images_seed_reproduces_it_alone_with_batch_size_one(pipe):
-    out = pipe(["a red circle", "a blue square"], num_images_per_prompt=2, seed=10, batch_size=1)
+@pytest.mark.parametrize("batch_size", [1, 3, 16])
+def test_each_images_seed_reproduces_it_alone_whatever_the_batch_size(pipe, batch_size):
+    out = pipe(
+        ["a red circle", "a blue square"], num_images_per_prompt=2, seed=10, batch_size=batch_size, temperature=1.0
+    )
     assert out.seeds == [10, 11, 12, 13]
-    for i in (1, 2):
-        alone = pipe([out.prompts[i]], seed=out.seeds[i], batch_size=1)
-        assert torch.equal(alone.codes[0], out.codes[i])
+    for i in range(4):
+        alone = pipe([out.prompts[i]], seed=out.seeds[i], temperature=1.0)
+        assert torch.equal(alone.codes[0], out.codes[i]), i
+
+
+def test_no_seed_means_fresh_images_and_a_generator_makes_them_reproducible(pipe):
+    runs = [pipe("a red circle", num_images_per_prompt=2, temperature=1.0) for _ in range(3)]
+    assert len({tuple(r.seeds) for r in runs}) == 3  # each call drew its own seed
+    assert not all(torch.equal(runs[0].codes, r.codes) for r in runs[1:])
+    a = pipe("a red circle", num_images_per_prompt=2, temperature=1.0, generator=torch.Generator().manual_seed(5))
+    b = pipe("a red circle", num_images_per_prompt=2, temperature=1.0, generator=torch.Generator().manual_seed(5))
+    assert a.seeds == b.seeds and torch.equal(a.codes, b.codes)
+
+
+def test_the_constructor_and_to_move_the_modules(pipe, monkeypatch):
+    moved = []
+    for module in (pipe.image_tokenizer, pipe.prior):
+        real = module.to
+        monkeypatch.setattr(
+            module, "to", lambda device, real=real, module=module: (moved.append((module, device)), real(device))[1]
+        )
+    assert pipe.to("cpu") is pipe and pipe.device == torch.device("cpu")
+    assert moved == [(pipe.image_tokenizer, torch.device("cpu")), (pipe.prior, torch.device("cpu"))]
+    moved.clear()
+    rebuilt = MiniDallePipeline(pipe.image_tokenizer, pipe.text_tokenizer, pipe.prior, device="cpu")
+    assert len(moved) == 2 and rebuilt.device == torch.device("cpu")
 
 
 def test_batches_split_the_work_without_changing_the_count(pipe):
@@ -388,7 +414,11 @@ def test_sample_main_writes_images_grids_and_a_manifest(folder, tmp_path):
         "images/p001-i00.png",
         "images/p001-i01.png",
     ]
-    assert all(r["seed"] == 3 for r in rows)
+    assert len({r["seed"] for r in rows}) == 4  # each image records its own seed, which reproduces it alone
+    for r in rows[:2]:
+        again = MiniDallePipeline.from_pretrained(folder, device="cpu")(r["prompt"], seed=r["seed"])
+        with Image.open(out / r["file"]) as im:
+            assert again.images[0].tobytes() == im.convert("RGB").tobytes()
     for r in rows:
         with Image.open(out / r["file"]) as im:
             assert im.size == (SIZE, SIZE)

@@ -43,7 +43,11 @@ class SampleArguments:
         "same, so one is sampled.",
         minimum=1,
     )
-    seed: int = arg(0, help="Random seed: the same command gives the same images.")
+    seed: int = arg(
+        0,
+        help="Base seed: image i uses seed + i (the manifest records each), so the same command gives the same "
+        "images, whatever --batch_size.",
+    )
     batch_size: int = arg(
         16, help="Images sampled together (with --num_candidates N, candidates: N per image).", minimum=1
     )
@@ -111,7 +115,7 @@ def main(args: SampleArguments, extra) -> None:
             {
                 "prompt": prompt,
                 "file": name,
-                "seed": args.seed,
+                "seed": result.seeds[i],  # this image's own: `--seed S --num_candidates 1` gives it alone
                 "index": i,
                 "guidance_scale": args.guidance_scale,
                 "temperature": args.temperature,

@@ -11,6 +11,7 @@ pipe.rank_captions(image, ["a red circle", "a blue circle"])        # zero-shot 
 from __future__ import annotations
 
 import logging
+import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,7 +38,7 @@ class PipelineOutput:
     images: list[Image.Image]  # num_images_per_prompt per prompt, prompt-major
     codes: torch.Tensor  # (len(images), h*w) image codes
     prompts: list[str]  # the prompt of each image
-    seeds: list[int]  # the seed that reproduces each image on its own (with batch_size=1, num_candidates=1)
+    seeds: list[int]  # each image's own seed: `pipe(prompt, seed=seeds[i], num_candidates=1)` reproduces image i
     scores: list[float] | None = None  # with num_candidates > 1: the `pmi` each image won by (see `score`): of the
     # tokenizer's codes of the decoded picture, which may differ from `codes`, the codes as sampled
 
@@ -71,8 +72,15 @@ class MiniDallePipeline:
         self.image_tokenizer = image_tokenizer.eval()
         self.text_tokenizer = text_tokenizer
         self.prior = prior.eval()
-        self.device = torch.device(device)
         self.transform = ImageTransform(image_tokenizer.image_size)
+        self.to(device)
+
+    def to(self, device: str | torch.device) -> MiniDallePipeline:
+        """Move the image tokenizer and the prior to `device` (diffusers' `pipe.to("cuda")`); returns the pipeline."""
+        self.device = torch.device(device)
+        self.image_tokenizer.to(self.device)
+        self.prior.to(self.device)
+        return self
 
     @classmethod
     def from_pretrained(
@@ -83,7 +91,7 @@ class MiniDallePipeline:
         if device is None:
             device = "cuda" if torch.cuda.is_available() else "cpu"
         image_tokenizer, text_tokenizer, prior = load_pipeline_parts(folder)
-        return cls(image_tokenizer.float().to(device), text_tokenizer, prior.float().to(device), device)
+        return cls(image_tokenizer.float(), text_tokenizer, prior.float(), device)
 
     # -------------------------------------------------------------- helpers
     def _text_tokens(self, prompts: list[str]) -> torch.Tensor:
@@ -121,15 +129,21 @@ class MiniDallePipeline:
         temperature: float = 0.3,
         top_k: int = 0,
         top_p: float = 1.0,
-        seed: int | None = 0,
+        seed: int | None = None,
         batch_size: int = 16,
         init_image=None,
         keep_rows: int = 0,
         progress: bool = False,
         compile: bool = False,
         num_candidates: int = 1,
+        generator: torch.Generator | None = None,
     ) -> PipelineOutput:
         """Sample `num_images_per_prompt` images for each prompt.
+
+        Seeds: image (or candidate) i is drawn from its own generator seeded `seed + i`, so
+        `PipelineOutput.seeds[i]` reproduces it alone, whatever the batch size. `seed=None` (the
+        default) draws a fresh base seed (from `generator` when one is given), so repeated calls
+        give new images; sample.py's `--seed 0` is fixed.
 
         With `init_image` and `keep_rows`, the top `keep_rows` rows of the
         image's codes are kept and the rest completed (DALL-E, Fig. 2).
@@ -170,15 +184,22 @@ class MiniDallePipeline:
             num_candidates = 1
         self._warn_long_prompts(prompts)
         flat = [p for p in prompts for _ in range(num_images_per_prompt * num_candidates)]
-        base_seed = int(torch.randint(0, 2**31 - 1, ()).item()) if seed is None else int(seed)
+        if seed is None:
+            seed = (
+                secrets.randbelow(2**31 - 1)
+                if generator is None
+                else int(torch.randint(0, 2**31 - 1, (), generator=generator))
+            )
+        seeds = [int(seed) + i for i in range(len(flat))]
         codes = []
         chunks = range(0, len(flat), batch_size)
         for start in tqdm(chunks, desc="sampling", disable=not progress or len(chunks) < 2, leave=False):
             batch = flat[start : start + batch_size]
             n = len(batch)
+            generators = [torch.Generator(device=self.device).manual_seed(s) for s in seeds[start : start + n]]
             if compile and len(chunks) > 1:  # pad a short last batch: one compiled shape, not two
                 batch = batch + batch[-1:] * (batch_size - n)
-            generator = torch.Generator(device=self.device).manual_seed(base_seed + start)
+                generators += [torch.Generator(device=self.device) for _ in range(batch_size - n)]
             init = primed.expand(len(batch), -1) if primed is not None else None
             codes.append(
                 sample_codes(
@@ -188,14 +209,13 @@ class MiniDallePipeline:
                     temperature=temperature,
                     top_k=top_k,
                     top_p=top_p,
-                    generator=generator,
+                    generator=generators,
                     init_codes=init,
                     compile=compile,
                 )[:n]
             )
         codes = torch.cat(codes)
         images = self.to_pil(torch.cat([self.image_tokenizer.decode(c) for c in codes.split(64)]))
-        seeds = [base_seed + (i // batch_size) * batch_size for i in range(len(flat))]
         if num_candidates == 1:
             return PipelineOutput(images, codes.cpu(), flat, seeds)
         pmi = torch.tensor([s["pmi"] for s in self._score(images, flat, batch_size, pmi=True, progress=progress)]).view(

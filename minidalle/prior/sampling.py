@@ -47,6 +47,14 @@ def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> t
     return logits
 
 
+def _draw(probs: torch.Tensor, generator) -> torch.Tensor:
+    """One index per row of `probs` (B, n) -> (B, 1): from one generator, or each row from its own (a list), so
+    that a row's draws do not depend on the other rows of its batch."""
+    if isinstance(generator, (list, tuple)):
+        return torch.cat([torch.multinomial(row[None], 1, generator=g) for row, g in zip(probs, generator)])
+    return torch.multinomial(probs, 1, generator=generator)
+
+
 def _sample(logits: torch.Tensor, temperature: float, top_k: int, top_p: float, generator) -> torch.Tensor:
     if temperature <= 0:
         return logits.argmax(-1)
@@ -56,9 +64,9 @@ def _sample(logits: torch.Tensor, temperature: float, top_k: int, top_p: float, 
         # filtering all K logits (up to ties at the k-th value: topk keeps exactly k, filter_logits
         # all tied ones), with the softmax and the sampler's noise over k values instead of K
         values, indices = torch.topk(logits, top_k, dim=-1)
-        choice = torch.multinomial(filter_logits(values, 0, top_p).softmax(-1), 1, generator=generator)
+        choice = _draw(filter_logits(values, 0, top_p).softmax(-1), generator)
         return indices.gather(-1, choice).squeeze(-1)
-    return torch.multinomial(filter_logits(logits, 0, top_p).softmax(-1), 1, generator=generator).squeeze(-1)
+    return _draw(filter_logits(logits, 0, top_p).softmax(-1), generator).squeeze(-1)
 
 
 def decode_step(prior: Prior, codes: torch.Tensor, pos: torch.Tensor, cache) -> torch.Tensor:
@@ -114,13 +122,15 @@ def sample_codes(
     temperature: float = 1.0,
     top_k: int = 0,
     top_p: float = 1.0,
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | list[torch.Generator] | None = None,
     init_codes: torch.Tensor | None = None,
     use_cache: bool = True,
     compile: bool = False,
 ) -> torch.Tensor:
     """Sample image codes (B, N) given joint text tokens (B, L) (see `Prior.text_tokens`).
 
+    `generator` is one generator for the batch, or a list of one per row: then each row's codes depend on
+    its own generator only, whatever else is in the batch (`MiniDallePipeline` gives each image its seed).
     `init_codes` (B, n) primes the first n codes (image completion); they are kept as given.
     `use_cache=False` re-runs the whole sequence for every code (slow; for checking the cache).
     `compile=True` runs each cached step as one compiled graph (see the module docstring).
