@@ -25,11 +25,10 @@ import torch
 from ..data import DataArguments
 from ..data.loading import data_fingerprint, seeded_holdout
 from ..errors import UserError
-from ..folders import writable_folder
 from ..image_tokenizers import ImageTokenizer, load_image_tokenizer
 from ..images import save_image_grid
 from ..metrics import bits_per_dim
-from ..options import arg, check_bounds
+from ..options import arg
 from ..pipeline.io import check_compatible, load_pipeline_parts, save_pipeline
 from ..prior import PRESETS, Prior, PriorConfig, sample_codes
 from ..text import encode_captions, load_text_tokenizer, token_lengths, train_text_tokenizer
@@ -37,7 +36,6 @@ from . import runtime
 from .checkpoints import restore_state, save_checkpoint
 from .encode import encode_to_disk, load_codes
 from .loop import TrainPart, train_loader, train_loop
-from .run_folder import clear_earlier_run, open_run_folder
 from .runtime import TrainingArguments
 
 logger = logging.getLogger("minidalle")
@@ -141,14 +139,11 @@ def train(
 ) -> Path:
     """Train in `args.output_dir` (see `run_folder` for new, resumed and overwritten runs). `explicit` names the
     flags given on the command line: on resume, the others take the run's saved values (None: all were given)."""
-    for arguments in (data_args, args, prior_args):
-        check_bounds(arguments)
-    sections, stale = open_run_folder(args, {"data": data_args, "training": args, "prior": prior_args}, explicit)
+    sections, accelerator, out_dir = runtime.start_run(
+        {"data": data_args, "training": args, "prior": prior_args}, explicit
+    )
     data_args, args, prior_args = sections["data"], sections["training"], sections["prior"]
-    accelerator = runtime.make_accelerator(args)
     is_main = accelerator.is_main_process
-    out_dir = writable_folder(args.output_dir, "--output_dir")
-    clear_earlier_run(accelerator, out_dir, stale)
     image_tokenizer, text_tokenizer, init_prior = _load_start(prior_args)
     codes_ds, codes_info = _codes_cache(data_args, prior_args, image_tokenizer, out_dir, accelerator)
     captions = list(codes_ds.with_format(None)["caption"])

@@ -15,8 +15,10 @@ from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
 
 from ..errors import UserError, require_cpu_compiler
-from ..options import arg
+from ..folders import writable_folder
+from ..options import arg, check_bounds
 from .checkpoints import checkpoint_dirs
+from .run_folder import clear_earlier_run, open_run_folder
 
 logger = logging.getLogger("minidalle")
 
@@ -138,6 +140,20 @@ def make_accelerator(args: TrainingArguments) -> Accelerator:
     if not accelerator.is_main_process:
         logging.getLogger().setLevel(logging.WARNING)
     return accelerator
+
+
+def start_run(sections: dict, explicit: set[str] | None) -> tuple[dict, Accelerator, Path]:
+    """The prologue both trainers share, before any work: every bound checked, the run folder opened (new,
+    resumed with its saved configuration, or overwritten: `run_folder`), the Accelerator made and the output
+    folder proved writable. `sections` holds the argument dataclasses by train_config.json's names
+    ("data", "training", and the trainer's own); returns them as resolved, the Accelerator and the folder."""
+    for arguments in sections.values():
+        check_bounds(arguments)
+    sections, stale = open_run_folder(sections["training"], sections, explicit)
+    accelerator = make_accelerator(sections["training"])
+    out_dir = writable_folder(sections["training"].output_dir, "--output_dir")
+    clear_earlier_run(accelerator, out_dir, stale)
+    return sections, accelerator, out_dir
 
 
 def maybe_compile(accelerator: Accelerator, model: torch.nn.Module, args: TrainingArguments) -> None:

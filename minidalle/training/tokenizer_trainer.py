@@ -24,15 +24,13 @@ import torch
 from ..data import CaptionedImages, DataArguments, load_captioned_dataset, load_image_tensor
 from ..data.loading import seeded_holdout
 from ..errors import UserError
-from ..folders import writable_folder
 from ..image_tokenizers import PRESETS, QUANTIZERS, DiscreteVAE, DVAEConfig, tokenizer_loss
 from ..images import save_image_grid
 from ..metrics import codebook_stats, psnr
-from ..options import arg, check_bounds
+from ..options import arg
 from . import runtime, schedules
 from .checkpoints import restore_state, save_checkpoint
 from .loop import TrainPart, train_loader, train_loop
-from .run_folder import clear_earlier_run, open_run_folder
 from .runtime import TrainingArguments
 
 logger = logging.getLogger("minidalle")
@@ -143,14 +141,11 @@ def train(
 ) -> Path:
     """Train in `args.output_dir` (see `run_folder` for new, resumed and overwritten runs). `explicit` names the
     flags given on the command line: on resume, the others take the run's saved values (None: all were given)."""
-    for arguments in (data_args, args, tok_args):
-        check_bounds(arguments)
-    sections, stale = open_run_folder(args, {"data": data_args, "training": args, "tokenizer": tok_args}, explicit)
+    sections, accelerator, out_dir = runtime.start_run(
+        {"data": data_args, "training": args, "tokenizer": tok_args}, explicit
+    )
     data_args, args, tok_args = sections["data"], sections["training"], sections["tokenizer"]
-    accelerator = runtime.make_accelerator(args)
     is_main = accelerator.is_main_process
-    out_dir = writable_folder(args.output_dir, "--output_dir")
-    clear_earlier_run(accelerator, out_dir, stale)
     if tok_args.init_from:
         start = DiscreteVAE.from_pretrained(tok_args.init_from).train()
         config = start.config
