@@ -8,7 +8,7 @@ tok=${1:?image tokenizer folder}
 steps=${2:-800}
 for kind in rowcol flat; do
   OMP_NUM_THREADS=1 python train_prior.py --data data/shapes-train40k --image_tokenizer "$tok" \
-    --output_dir "runs/ablate-$kind" --preset small --max_steps "$steps" --batch_size 32 --learning_rate 1e-3 \
+    --output_dir "runs/ablate-$kind" --overwrite_output_dir --preset small --max_steps "$steps" --batch_size 32 --learning_rate 1e-3 \
     --warmup_steps 100 --weight_decay 0.1 --text_len 16 --eval_steps "$steps" --checkpointing_steps 0 \
     --image_positions "$kind" --sample_prompts "a small red circle in the top left" --seed 0 > "runs/ablate-$kind.log" 2>&1 &
 done

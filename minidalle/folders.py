@@ -161,7 +161,12 @@ def claim_output_folder(out: str | Path, kind: str, own_files: str, flag: str = 
     if out.is_dir() and any(out.iterdir()):
         found = _marker_kind(marker)
         if found != kind:
-            held = f"holds a minidalle {found} output, not {kind}" if found else "holds files minidalle did not write"
+            held = (
+                f"holds a minidalle {found} output, not {kind}"
+                if found
+                else f"holds files minidalle did not write (no {OUTPUT_MARKER}; an output of minidalle before 2026-12 "
+                "has none: remove it yourself to write there again)"
+            )
             raise UserError(f"{flag} {out}: {held}, so it is left untouched; choose a new or empty folder")
         pattern = re.compile(own_files)
         stale = [p for p in out.rglob("*") if p.is_file() and pattern.fullmatch(p.relative_to(out).as_posix())]

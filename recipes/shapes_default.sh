@@ -13,16 +13,16 @@ minidalle make-shapes --out data/shapes-heldout --split train --num 500 --seed 1
 
 # Stage 1a: the image tokenizer, on the first 20,000 images (flags in recipes/tokenizer_shapes.json)
 python train_tokenizer.py --config recipes/tokenizer_shapes.json --data data/shapes-train40k --max_examples 20000 \
-    --eval_data data/shapes-heldout --output_dir "$out/tokenizer"
+    --eval_data data/shapes-heldout --output_dir "$out/tokenizer" --overwrite_output_dir
 stamp tokenizer-done
 # Stage 1b: the decoder alone, on decode(argmax codes) — the path used at inference; the codes do not change
 python train_tokenizer.py --config recipes/tokenizer_shapes_decoder.json --init_from "$out/tokenizer/image_tokenizer" \
-    --data data/shapes-train40k --max_examples 20000 --eval_data data/shapes-heldout --output_dir "$out/tokenizer-decoder"
+    --data data/shapes-train40k --max_examples 20000 --eval_data data/shapes-heldout --output_dir "$out/tokenizer-decoder" --overwrite_output_dir
 stamp decoder-done
 
 # Stage 2: the prior on all 40,000 images (flags in recipes/prior_shapes.json)
 python train_prior.py --config recipes/prior_shapes.json --data data/shapes-train40k \
-    --image_tokenizer "$out/tokenizer-decoder/image_tokenizer" --output_dir "$out/prior"
+    --image_tokenizer "$out/tokenizer-decoder/image_tokenizer" --output_dir "$out/prior" --overwrite_output_dir
 stamp prior-done
 
 # Bundle: float16 weights inside the package
