@@ -102,6 +102,8 @@ def skeleton(name: str, w: dict, out: Path) -> list[str]:
         "encode": ["--image_tokenizer", str(w["tok"]), *data, "--out", str(out)],
         "codebook": ["--image_tokenizer", str(w["tok"]), "--out", str(out / "sheet.png")],
         "reconstruct": ["--image_tokenizer", str(w["tok"]), *data, "--out", str(out)],
+        "eval-emoji": [str(w["manifest"])],
+        "train-emoji-judges": [*data, "--out", str(out), "--epochs", "1"],
     }[name]
 
 

@@ -16,7 +16,7 @@ from .args import run_main
 COMMANDS: dict[str, tuple[str, str]] = {
     "make-shapes": ("datasets.make_shapes_main", "write the built-in shapes dataset (imagefolder)"),
     "eval-shapes": ("datasets.eval_shapes_main", "judge generated shapes images against their prompts"),
-    "export-dataset": ("datasets.export_dataset_main", "export a captioned set shipped in a package (emoji, mnist)"),
+    "export-dataset": ("datasets.export_dataset_main", "export a captioned image set (emoji-styles, emoji, mnist)"),
     "train-tokenizer": ("train.train_tokenizer_main", "stage 1: train the dVAE image tokenizer"),
     "sample": ("sample.main", "prompts -> PNG images (bundled model by default)"),
     "score": ("score.score_main", "log p(image | caption) in bits/dim, or rank captions for an image"),
@@ -25,6 +25,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "encode": ("codes.encode_main", "encode a dataset once into image-tokenizer codes"),
     "codebook": ("codes.codebook_main", "draw every code of an image tokenizer as a sheet"),
     "reconstruct": ("codes.reconstruct_main", "round-trip images through an image tokenizer; PSNR + manifest"),
+    "eval-emoji": ("emoji_styles.eval_emoji_main", "judge generated emoji-styles images: style and subgroup accuracy"),
+    "train-emoji-judges": ("emoji_styles.train_emoji_judges_main", "train the emoji-styles judges on an export"),
 }
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import sys
 import time
 from dataclasses import dataclass
 
@@ -72,10 +73,16 @@ class ExportArgs:
     ExportArgs,
     prog="minidalle export-dataset",
     description="Export a captioned image set shipped in an installed package as imagefolders.",
-    positional={"name": dict(choices=["emoji", "mnist"], help="Which packaged dataset to export.")},
+    positional={
+        "name": dict(
+            choices=["emoji", "mnist"],
+            help="Which packaged dataset to export (emoji-styles, the emoji sets rendered from npm, has its own flags: "
+            "minidalle export-dataset emoji-styles --help).",
+        )
+    },
     output="out",
 )
-def export_dataset_main(args: ExportArgs, extra) -> None:
+def _export_packaged(args: ExportArgs, extra) -> None:
     """`minidalle export-dataset emoji|mnist --out DIR [--resolution 64] [--test_fraction 0.1]`."""
     if extra.name == "emoji":
         export_emoji(args.out, resolution=args.resolution, test_fraction=args.test_fraction, limit=args.limit)
@@ -87,3 +94,19 @@ def export_dataset_main(args: ExportArgs, extra) -> None:
                 f"--{flag} does not apply to mnist: it keeps its 28×28 images and its own 60,000/10,000 split"
             )
     export_mnist(args.out, limit=args.limit)
+
+
+def export_dataset_main(argv: list[str] | None = None) -> None:
+    """`minidalle export-dataset emoji-styles|emoji|mnist ...`: emoji-styles has flags of its own."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["emoji-styles"]:
+        from .emoji_styles import export_emoji_styles_main
+
+        return export_emoji_styles_main(argv[1:])
+    return _export_packaged(argv)
+
+
+export_dataset_main.dataclass_types, export_dataset_main.positional = (
+    _export_packaged.dataclass_types,
+    _export_packaged.positional,
+)

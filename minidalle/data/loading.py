@@ -65,6 +65,15 @@ def _unicode_error(exc: BaseException | None) -> UnicodeDecodeError | None:
     return None
 
 
+def _has_dataset_card(folder: Path) -> bool:
+    """A README.md whose YAML header declares `configs` (datasets then reads the splits it names)."""
+    card = folder / "README.md"
+    if not card.is_file():
+        return False
+    text = card.read_text(encoding="utf-8", errors="replace")
+    return text.startswith("---") and "\nconfigs:" in text.split("\n---", 1)[0]
+
+
 def _load_raw(data: str, split: str):
     import datasets
 
@@ -72,6 +81,8 @@ def _load_raw(data: str, split: str):
     try:
         if path.is_dir() and any((path / f).exists() for f in ("dataset_info.json", "dataset_dict.json")):
             loaded = datasets.load_from_disk(str(path))
+        elif path.is_dir() and _has_dataset_card(path):  # its `configs` name the splits (e.g. emoji-styles' zeroshot)
+            loaded = datasets.load_dataset(str(path))
         elif path.is_dir():
             loaded = datasets.load_dataset("imagefolder", data_dir=str(path))
         elif path.exists():

@@ -1,0 +1,134 @@
+"""Commands of the emoji-styles dataset: export it, judge generated images against it, train its judges.
+
+- `minidalle export-dataset emoji-styles --out DIR [--resolution 64] [--styles a,b] [--include-share-alike]
+  [--source DIR] [--seed 0] [--workers N]` -> `export_emoji_styles_main` (argv: what follows `emoji-styles`)
+- `minidalle eval-emoji MANIFEST.jsonl [--json]` -> `eval_emoji_main`
+- `minidalle train-emoji-judges --data DIR [--out DIR]` -> `train_emoji_judges_main`
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from .args import arg, command
+
+
+@dataclass
+class ExportEmojiStylesArgs:
+    """Flags of `minidalle export-dataset emoji-styles`."""
+
+    out: str = arg(help="Output folder; gets train/, test/, zeroshot/ imagefolders, ATTRIBUTION.md, emoji-styles.json.")
+    resolution: int = arg(
+        64, help="Image side in pixels (rendered from the vector sources, so exact at any size).", minimum=8
+    )
+    styles: str | None = arg(
+        None,
+        help="Comma-separated styles (default: every set but the share-alike one): "
+        "noto,fluent-flat,fluent,twemoji,emojione,streamline,fxemoji,openmoji.",
+    )
+    include_share_alike: bool = arg(
+        False, help="Also export OpenMoji (CC-BY-SA-4.0); ATTRIBUTION.md says what share-alike asks of derived work."
+    )
+    include_skin_tones: bool = arg(
+        False, help="Also export the skin-tone variants (U+1F3FB-1F3FF), each as its own concept; left out by default."
+    )
+    source: str | None = arg(
+        None,
+        help="Read the npm tarballs (as `npm pack` names them) from this folder instead of fetching them with npm.",
+    )
+    cache: str | None = arg(None, help="Where `npm pack` puts the tarballs (default ~/.cache/minidalle/npm).")
+    seed: int = arg(0, help="Seed of the zeroshot and test splits.")
+    workers: int | None = arg(None, help="Rendering processes (default: one per CPU core).", minimum=1)
+    no_progress: bool = arg(False, help="No progress bar.")
+
+
+@command(
+    ExportEmojiStylesArgs,
+    prog="minidalle export-dataset emoji-styles",
+    description="Render open emoji sets (Iconify JSON packages on npm) as a captioned imagefolder dataset "
+    "with train, test and zero-shot (held-out concept x style) splits.",
+    output="out",
+)
+def export_emoji_styles_main(args: ExportEmojiStylesArgs, _) -> None:
+    """`minidalle export-dataset emoji-styles --out DIR ...` (argv: everything after `emoji-styles`)."""
+    from ..data.emoji_styles.export import export_emoji_styles
+
+    styles = None if args.styles is None else args.styles.split(",")
+    export_emoji_styles(
+        args.out,
+        resolution=args.resolution,
+        styles=styles,
+        include_share_alike=args.include_share_alike,
+        source=args.source,
+        cache=args.cache,
+        seed=args.seed,
+        workers=args.workers,
+        progress=not args.no_progress,
+        skin_tones=args.include_skin_tones,
+    )
+
+
+@dataclass
+class EvalEmojiArgs:
+    """Flags of `minidalle eval-emoji`."""
+
+    json: bool = arg(False, help="Print the report as one JSON object instead of a table.")
+    judges: str | None = arg(None, help="A folder of judges from train-emoji-judges (default: the shipped ones).")
+
+
+@command(
+    EvalEmojiArgs,
+    prog="minidalle eval-emoji",
+    description="Judge generated emoji images against their prompts: style and Unicode-subgroup accuracy.",
+    positional={
+        "manifest": dict(
+            help='A JSONL file, one {"prompt": ..., "file": ...} per line (files relative '
+            'to its folder); prompts like "a dog face in the noto style".'
+        )
+    },
+)
+def eval_emoji_main(args: EvalEmojiArgs, extra) -> None:
+    """`minidalle eval-emoji MANIFEST.jsonl [--json]`."""
+    from ..data.emoji_styles.judge import evaluate_manifest, format_report
+
+    report = evaluate_manifest(extra.manifest, judges=args.judges)
+    print(json.dumps(report) if args.json else format_report(report))
+
+
+@dataclass
+class TrainEmojiJudgesArgs:
+    """Flags of `minidalle train-emoji-judges`."""
+
+    data: str = arg("", help="An emoji-styles export (the folder holding train/, test/, zeroshot/).")
+    out: str | None = arg(None, help="Where to write the judges (default: replace the shipped ones in the package).")
+    epochs: int = arg(12, help="Passes over the train split.", minimum=1)
+    batch_size: int = arg(64, help="Images per step.", minimum=1)
+    lr: float = arg(2e-3, help="Peak learning rate (AdamW, one-cycle).", minimum=0)
+    seed: int = arg(0, help="Seed of initialisation, shuffling and augmentation.")
+    threads: int = arg(1, help="torch CPU threads.", minimum=1)
+    no_progress: bool = arg(False, help="No progress bar.")
+
+
+@command(
+    TrainEmojiJudgesArgs,
+    prog="minidalle train-emoji-judges",
+    description="Train the emoji-styles judges (one small CNN, a style head and a Unicode-subgroup head) on "
+    "an export's train split; reports accuracy on its test and zeroshot splits.",
+    required=("data",),
+    output="out",
+)
+def train_emoji_judges_main(args: TrainEmojiJudgesArgs, _) -> None:
+    """`minidalle train-emoji-judges --data DIR [--out DIR]`: train the style + subgroup judges on `train`."""
+    from ..data.emoji_styles.judge import train_judges
+
+    train_judges(
+        args.data,
+        out_dir=args.out,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        seed=args.seed,
+        threads=args.threads,
+        progress=not args.no_progress,
+    )
