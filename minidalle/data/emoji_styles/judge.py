@@ -34,6 +34,7 @@ from torch.nn import functional as F
 
 from minidalle.errors import UserError
 
+from ..imagefolder import manifest_entries, open_manifest_image
 from .export import SPLITS, parse_caption
 
 RESOLUTION = 64
@@ -347,7 +348,6 @@ def _rate(right: int, total: int) -> float | None:
 
 def evaluate_manifest(path: str | Path, judges: Judges | str | Path | None = None) -> dict:
     """Judge every `{"prompt", "file"}` line of a JSONL manifest; see the module docstring."""
-    from PIL import Image
 
     path = Path(path)
     if not path.is_file():
@@ -355,34 +355,15 @@ def evaluate_manifest(path: str | Path, judges: Judges | str | Path | None = Non
     if not isinstance(judges, Judges):
         judges = load_judges(judges)
     entries, images = [], []
-    with open(path, encoding="utf-8") as lines:
-        for line_no, line in enumerate(lines, 1):
-            if not line.strip():
-                continue
-            where = f"{path} line {line_no}"
-            try:
-                entry = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise UserError(f"{where}: invalid JSON ({exc.msg})") from None
-            if not isinstance(entry, dict) or not all(isinstance(entry.get(k), str) for k in ("prompt", "file")):
-                raise UserError(f"{where}: expected an object with string fields 'prompt' and 'file'")
-            try:
-                concept, style = parse_caption(entry["prompt"])
-            except ValueError as exc:
-                raise UserError(f"{where}: {exc}") from None
-            if style not in judges.styles:
-                raise UserError(f"{where}: style {style!r} is not one the judges know ({', '.join(judges.styles)})")
-            if concept not in judges.concept_subgroup:
-                raise UserError(
-                    f"{where}: concept {concept.replace('-', ' ')!r} is not in the emoji-styles data the judges know"
-                )
-            image_path = path.parent / entry["file"]
-            try:
-                with Image.open(image_path) as image:
-                    images.append(_image_tensor(image))
-            except (OSError, ValueError) as exc:
-                raise UserError(f"{where}: cannot read image {image_path}: {exc}") from None
-            entries.append((style, judges.concept_subgroup[concept]))
+    for where, (concept, style), image_path in manifest_entries(path, parse_caption):
+        if style not in judges.styles:
+            raise UserError(f"{where}: style {style!r} is not one the judges know ({', '.join(judges.styles)})")
+        if concept not in judges.concept_subgroup:
+            raise UserError(
+                f"{where}: concept {concept.replace('-', ' ')!r} is not in the emoji-styles data the judges know"
+            )
+        images.append(_image_tensor(open_manifest_image(image_path, where)))
+        entries.append((style, judges.concept_subgroup[concept]))
     if not entries:
         raise UserError(f"{path}: the manifest has no entries")
     pred_styles, pred_subs = judges.predict(torch.stack(images))

@@ -21,7 +21,6 @@ caption must name two different (colour, shape) pairs, as the generator does.
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from pathlib import Path
 
@@ -29,6 +28,7 @@ import numpy as np
 from PIL import Image
 
 from ...errors import UserError
+from ..imagefolder import manifest_entries, open_manifest_image
 from .generate import CANVAS, PALETTE, POSITION, RELATIONS, SHAPES, SIZES, shape_mask
 
 MATCH_DISTANCE = 60  # RGB distance under which a pixel takes a palette colour
@@ -257,37 +257,15 @@ def evaluate_manifest(path: str | Path) -> dict:
     `judged`), and the all-correct rate overall, for one-object and two-object prompts.
     """
     path = Path(path)
-    if not path.is_file():
-        raise UserError(f"no such manifest: {path}")
     right, judged, kinds, all_right = Counter(), Counter(), Counter(), Counter()
-    with open(path, encoding="utf-8") as lines:
-        for line_no, line in enumerate(lines, 1):
-            if not line.strip():
-                continue
-            where = f"{path} line {line_no}"
-            try:
-                entry = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise UserError(f"{where}: invalid JSON ({exc.msg})") from None
-            if not isinstance(entry, dict) or not all(isinstance(entry.get(k), str) for k in ("prompt", "file")):
-                raise UserError(f"{where}: expected an object with string fields 'prompt' and 'file'")
-            try:
-                spec = parse_caption(entry["prompt"])
-            except ValueError as exc:
-                raise UserError(f"{where}: {exc}") from None
-            image_path = path.parent / entry["file"]
-            try:
-                with Image.open(image_path) as image:
-                    objects = detect_objects(image)
-            except (OSError, ValueError) as exc:
-                raise UserError(f"{where}: cannot read image {image_path}: {exc}") from None
-            result = _score(spec, objects)
-            kinds[spec["kind"]] += 1
-            all_right[spec["kind"]] += result["all_correct"]
-            for name in ATTRIBUTES:
-                if result[name] is not None:
-                    judged[name] += 1
-                    right[name] += result[name]
+    for where, spec, image_path in manifest_entries(path, parse_caption):
+        result = _score(spec, detect_objects(open_manifest_image(image_path, where)))
+        kinds[spec["kind"]] += 1
+        all_right[spec["kind"]] += result["all_correct"]
+        for name in ATTRIBUTES:
+            if result[name] is not None:
+                judged[name] += 1
+                right[name] += result[name]
     images = sum(kinds.values())
     if not images:
         raise UserError(f"{path}: the manifest has no entries")
