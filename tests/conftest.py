@@ -33,6 +33,41 @@ def shapes_dir(request, tmp_path_factory):
     return out
 
 
+@pytest.fixture(scope="module")
+def tiny_image_tokenizer_dir(tmp_path_factory):
+    """A saved tiny image tokenizer (32 px, 16 codes on an 8x8 grid, seed 0)."""
+    import torch
+
+    from minidalle.image_tokenizers import DiscreteVAE, DVAEConfig
+
+    torch.manual_seed(0)
+    model = DiscreteVAE(DVAEConfig(image_size=32, num_codes=16, codebook_dim=8, widths=[8, 8], res_blocks=0))
+    return model.save_pretrained(tmp_path_factory.mktemp("tok") / "image_tokenizer")
+
+
+@pytest.fixture(scope="module")
+def tiny_pipeline_dir(tiny_image_tokenizer_dir, tmp_path_factory):
+    """A saved tiny pipeline around `tiny_image_tokenizer_dir` (text length 8, one block)."""
+    from minidalle.image_tokenizers import DiscreteVAE
+    from minidalle.pipeline import save_pipeline
+    from minidalle.prior import Prior, PriorConfig
+    from minidalle.text import train_text_tokenizer
+
+    tokenizer = DiscreteVAE.from_pretrained(tiny_image_tokenizer_dir)
+    text = train_text_tokenizer(["a red circle", "a blue square"] * 4, vocab_size=300, min_frequency=1)
+    config = PriorConfig(
+        text_vocab_size=len(text),
+        text_len=8,
+        num_image_codes=16,
+        image_grid=8,
+        dim=16,
+        layers=1,
+        heads=2,
+        image_tokenizer_hash=tokenizer.codes_hash(),
+    )
+    return save_pipeline(tmp_path_factory.mktemp("pipe") / "pipeline", tokenizer, text, Prior(config))
+
+
 @pytest.fixture
 def cxx_compiler():
     """Skip unless torch.compile can build CPU kernels (inductor needs a C++ compiler)."""

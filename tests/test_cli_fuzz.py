@@ -24,11 +24,7 @@ from hypothesis import strategies as st
 from minidalle.cli import COMMANDS, main
 from minidalle.cli.args import parse_args
 from minidalle.errors import UserError
-from minidalle.image_tokenizers import DiscreteVAE, DVAEConfig
 from minidalle.images import save_png
-from minidalle.pipeline import save_pipeline
-from minidalle.prior import Prior, PriorConfig
-from minidalle.text import train_text_tokenizer
 
 SHAPES_IMAGES = 16  # the size of the shared `shapes_dir` fixture (conftest.py)
 FUZZ = settings(max_examples=6, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
@@ -36,26 +32,11 @@ PATH_FLAGS = ("data", "model", "image_tokenizer", "source", "init_from", "text_t
 
 
 @pytest.fixture(scope="module")
-def world(shapes_dir, tmp_path_factory) -> dict:
+def world(shapes_dir, tiny_image_tokenizer_dir, tiny_pipeline_dir, tmp_path_factory) -> dict:
     """The inputs a valid call of each command needs."""
     root = tmp_path_factory.mktemp("world")
-    torch.manual_seed(0)
-    tokenizer = DiscreteVAE(DVAEConfig(image_size=32, num_codes=16, codebook_dim=8, widths=[8, 8], res_blocks=0))
-    text = train_text_tokenizer(["a red circle", "a blue square"] * 4, vocab_size=300, min_frequency=1)
-    prior = Prior(
-        PriorConfig(
-            text_vocab_size=len(text),
-            text_len=8,
-            num_image_codes=16,
-            image_grid=8,
-            dim=16,
-            layers=1,
-            heads=2,
-            image_tokenizer_hash=tokenizer.codes_hash(),
-        )
-    )
-    save_pipeline(root / "pipeline", tokenizer, text, prior)
-    tokenizer.save_pretrained(root / "tok")
+    shutil.copytree(tiny_pipeline_dir, root / "pipeline")
+    shutil.copytree(tiny_image_tokenizer_dir, root / "tok")
     image = root / "image.png"
     save_png(image, torch.zeros(32, 32, 3, dtype=torch.uint8).numpy())
     (root / "manifest.jsonl").write_text(json.dumps({"prompt": "a red circle", "file": "image.png"}) + "\n")

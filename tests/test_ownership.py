@@ -8,7 +8,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-import torch
 
 from minidalle.cli.codes import encode_main, reconstruct_main
 from minidalle.cli.datasets import make_shapes_main
@@ -16,38 +15,19 @@ from minidalle.cli.export_pipeline import export_pipeline_main
 from minidalle.cli.sample import main as sample_main
 from minidalle.errors import UserError
 from minidalle.folders import OUTPUT_MARKER
-from minidalle.image_tokenizers import DiscreteVAE, DVAEConfig
-from minidalle.pipeline import save_pipeline
-from minidalle.prior import Prior, PriorConfig
-from minidalle.text import train_text_tokenizer
+from minidalle.image_tokenizers import DiscreteVAE
 
 SHAPES_IMAGES = 12  # the size of the shared `shapes_dir` fixture (conftest.py)
 
 
 @pytest.fixture(scope="module")
-def tokenizer_dir(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    model = DiscreteVAE(DVAEConfig(image_size=32, num_codes=16, codebook_dim=8, widths=[8, 8], res_blocks=0))
-    return model.save_pretrained(tmp_path_factory.mktemp("tok") / "image_tokenizer")
+def tokenizer_dir(tiny_image_tokenizer_dir) -> Path:
+    return tiny_image_tokenizer_dir
 
 
 @pytest.fixture(scope="module")
-def pipeline_dir(tokenizer_dir, tmp_path_factory) -> Path:
-    tokenizer = DiscreteVAE.from_pretrained(tokenizer_dir)
-    text = train_text_tokenizer(["a red circle", "a blue square"] * 4, vocab_size=300, min_frequency=1)
-    prior = Prior(
-        PriorConfig(
-            text_vocab_size=len(text),
-            text_len=8,
-            num_image_codes=16,
-            image_grid=8,
-            dim=16,
-            layers=1,
-            heads=2,
-            image_tokenizer_hash=tokenizer.codes_hash(),
-        )
-    )
-    return save_pipeline(tmp_path_factory.mktemp("pipe") / "pipeline", tokenizer, text, prior)
+def pipeline_dir(tiny_pipeline_dir) -> Path:
+    return tiny_pipeline_dir
 
 
 def users_folder(root: Path) -> tuple[Path, dict[str, bytes]]:
