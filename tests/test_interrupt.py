@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 from accelerate.state import AcceleratorState
+from tiny_runs import tokenizer_argv
 
 from minidalle.cli.train import train_tokenizer_main
 from minidalle.image_tokenizers import DiscreteVAE
@@ -24,35 +25,7 @@ STEPS = 40
 
 
 def argv(shapes_dir: Path, out: Path, *extra: str) -> list[str]:
-    return [
-        "--data",
-        str(shapes_dir),
-        "--output_dir",
-        str(out),
-        "--preset",
-        "tiny",
-        "--resolution",
-        "32",
-        "--batch_size",
-        "8",
-        "--learning_rate",
-        "3e-3",
-        "--warmup_steps",
-        "2",
-        "--logging_steps",
-        "1",
-        "--image_steps",
-        "0",
-        "--eval_examples",
-        "4",
-        "--mixed_precision",
-        "no",
-        "--max_steps",
-        str(STEPS),
-        "--checkpointing_steps",
-        "1000",
-        *extra,
-    ]
+    return tokenizer_argv(shapes_dir, out, *extra, eval_examples=4, max_steps=STEPS, checkpointing_steps=1000)
 
 
 def logged(out: Path) -> list[int]:

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 from accelerate.state import AcceleratorState
+from tiny_runs import prior_argv, tokenizer_argv
 
 import minidalle.training.checkpoints as checkpointing
 import minidalle.training.runtime as runtime
@@ -43,75 +44,21 @@ def image_tokenizer_dir(tmp_path_factory) -> Path:
 
 
 def tokenizer_args(data: Path, out: Path, *extra: str) -> list[str]:
-    return [
-        "--data",
-        str(data),
-        "--output_dir",
-        str(out),
-        "--preset",
-        "tiny",
-        "--resolution",
-        "32",
-        "--batch_size",
-        "8",
-        "--learning_rate",
-        "3e-3",
-        "--warmup_steps",
-        "2",
-        "--logging_steps",
-        "1",
-        "--image_steps",
-        "0",
-        "--eval_examples",
-        "8",
-        "--mixed_precision",
-        "no",
-        "--max_steps",
-        str(STEPS),
-        "--checkpointing_steps",
-        "3",
-        "--checkpoints_total_limit",
-        "2",
-        *extra,
-    ]
+    return tokenizer_argv(data, out, *extra, max_steps=STEPS, checkpointing_steps=3, checkpoints_total_limit=2)
 
 
 def prior_args(data: Path, out: Path, image_tokenizer: Path, *extra: str) -> list[str]:
-    return [
-        "--data",
-        str(data),
-        "--output_dir",
-        str(out),
+    return prior_argv(
+        data,
+        out,
+        None,
         "--image_tokenizer",
         str(image_tokenizer),
-        "--preset",
-        "tiny",
-        "--text_len",
-        "16",
-        "--text_vocab_size",
-        "300",
-        "--batch_size",
-        "8",
-        "--learning_rate",
-        "3e-3",
-        "--warmup_steps",
-        "2",
-        "--logging_steps",
-        "1",
-        "--image_steps",
-        "0",
-        "--eval_steps",
-        "0",
-        "--mixed_precision",
-        "no",
-        "--max_steps",
-        str(STEPS),
-        "--checkpointing_steps",
-        "3",
-        "--checkpoints_total_limit",
-        "2",
         *extra,
-    ]
+        max_steps=STEPS,
+        checkpointing_steps=3,
+        checkpoints_total_limit=2,
+    )
 
 
 TRAINERS = {

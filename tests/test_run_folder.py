@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from accelerate.state import AcceleratorState
+from tiny_runs import tokenizer_argv
 
 from minidalle.cli.train import train_tokenizer_main
 from minidalle.errors import UserError
@@ -30,28 +31,10 @@ def config_file(tmp_path: Path) -> Path:
 
 
 def base(shapes_dir: Path, out: Path) -> list[str]:
-    return [
-        "--data",
-        str(shapes_dir),
-        "--output_dir",
-        str(out),
-        "--preset",
-        "tiny",
-        "--resolution",
-        "32",
-        "--warmup_steps",
-        "1",
-        "--logging_steps",
-        "1",
-        "--image_steps",
-        "0",
-        "--eval_examples",
-        "4",
-        "--mixed_precision",
-        "no",
-        "--checkpointing_steps",
-        "3",
-    ]
+    """Leaves --batch_size and --learning_rate to the recipe (--config) or the run's saved configuration."""
+    return tokenizer_argv(
+        shapes_dir, out, batch_size=None, learning_rate=None, warmup_steps=1, eval_examples=4, checkpointing_steps=3
+    )
 
 
 def steps(out: Path) -> list[int]:

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 from accelerate.state import AcceleratorState
+from tiny_runs import prior_argv
 
 import minidalle.training.prior_trainer as train_prior_module
 from minidalle import MiniDallePipeline
@@ -37,36 +38,7 @@ def image_tokenizer_dir(tmp_path_factory) -> Path:
 
 
 def tiny_args(data: Path, out: Path, image_tokenizer: Path | None, *extra: str) -> list[str]:
-    args = [
-        "--data",
-        str(data),
-        "--output_dir",
-        str(out),
-        "--preset",
-        "tiny",
-        "--text_len",
-        "16",
-        "--text_vocab_size",
-        "300",
-        "--batch_size",
-        "8",
-        "--learning_rate",
-        "3e-3",
-        "--warmup_steps",
-        "2",
-        "--logging_steps",
-        "5",
-        "--image_steps",
-        "0",
-        "--eval_steps",
-        "0",
-        "--mixed_precision",
-        "no",
-        "--checkpointing_steps",
-        "0",
-        *extra,
-    ]
-    return args + (["--image_tokenizer", str(image_tokenizer)] if image_tokenizer else [])
+    return prior_argv(data, out, image_tokenizer, *extra, logging_steps=5, checkpointing_steps=0)
 
 
 def run(argv: list[str]) -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 from accelerate.state import AcceleratorState
+from tiny_runs import tokenizer_argv
 
 from minidalle.cli.train import train_tokenizer_main as train_main
 from minidalle.errors import UserError
@@ -18,31 +19,7 @@ SHAPES_IMAGES = 96  # the size of the shared `shapes_dir` fixture (conftest.py)
 
 
 def tiny_args(data: Path, out: Path, *extra: str) -> list[str]:
-    return [
-        "--data",
-        str(data),
-        "--output_dir",
-        str(out),
-        "--preset",
-        "tiny",
-        "--resolution",
-        "32",
-        "--batch_size",
-        "8",
-        "--learning_rate",
-        "3e-3",
-        "--warmup_steps",
-        "2",
-        "--logging_steps",
-        "5",
-        "--image_steps",
-        "0",
-        "--eval_examples",
-        "16",
-        "--mixed_precision",
-        "no",
-        *extra,
-    ]
+    return tokenizer_argv(data, out, *extra, logging_steps=5, eval_examples=16)
 
 
 def run(argv: list[str]) -> None:
