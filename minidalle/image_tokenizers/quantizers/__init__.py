@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .base import Quantizer, QuantizerOutput
+from .fsq import FSQuantizer, check_levels
 from .gumbel import GumbelQuantizer
 from .vq import VectorQuantizer
 
@@ -16,5 +17,15 @@ def register_quantizer(name: str, cls: type[Quantizer]) -> None:
 
 register_quantizer("gumbel", GumbelQuantizer)
 register_quantizer("vq", VectorQuantizer)
+register_quantizer("fsq", FSQuantizer)
 
-__all__ = ["QUANTIZERS", "GumbelQuantizer", "Quantizer", "QuantizerOutput", "VectorQuantizer", "register_quantizer"]
+__all__ = [
+    "QUANTIZERS",
+    "FSQuantizer",
+    "GumbelQuantizer",
+    "Quantizer",
+    "QuantizerOutput",
+    "VectorQuantizer",
+    "check_levels",
+    "register_quantizer",
+]

@@ -42,6 +42,10 @@ class Quantizer(nn.Module):
         """(B, C, h, w) encoder features -> (B, K, h, w) scores whose argmax over K is each cell's code."""
         raise NotImplementedError
 
+    def codes(self, h: torch.Tensor) -> torch.Tensor:
+        """(B, C, h, w) encoder features -> (B, h, w) codes: the argmax of `scores` (a quantizer may be cheaper)."""
+        return self.scores(h).argmax(1)
+
     def embed(self, codes: torch.Tensor) -> torch.Tensor:
         """(B, h, w) integer codes -> (B, D, h, w) decoder input."""
         raise NotImplementedError

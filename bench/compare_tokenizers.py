@@ -1,0 +1,210 @@
+#!/usr/bin/env python
+"""Image tokenizers compared at equal CPU time: one table, one picture (issue 16).
+
+    python bench/compare_tokenizers.py calibrate [--rows A,B] [--budget_cpu_minutes 60]
+    python bench/compare_tokenizers.py train [--rows A,B] [--datasets emoji,shapes] [--threads 1]
+    python bench/compare_tokenizers.py report [--rows A,B]
+
+`calibrate` times a short run of every row at one thread, in CPU seconds of the process (at a
+high priority; other work on the machine moves wall time, much less CPU time), and turns the
+budget of CPU time into a step count per row (`runs/compare-tokenizers/calibration.json`): rows
+that cost more per step get fewer steps. The default, 60 CPU-minutes, is 30 minutes of the 2-core
+machine: two rows side by side at one thread each. `train` then trains every row for its steps
+(step-based: a busy machine changes the wall time, not the result; a killed run resumes from its
+last checkpoint). `report` evaluates each row's tokenizer on held-out images (emoji-styles `test`;
+shapes: PSNR, attributes kept and the zero-shot round trip), prints the table as Markdown and
+JSON, and draws the reconstructions side by side (`docs/tokenizer-comparison.png`).
+
+Data (made once): `minidalle export-dataset emoji-styles --out data/emoji-styles` and
+`minidalle make-shapes --out data/shapes-train40k --split train --num 40000 --seed 0`,
+`minidalle make-shapes --out data/shapes-heldout --split train --num 500 --seed 1`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RUNS = ROOT / "runs" / "compare-tokenizers"
+
+DATASETS = {
+    "emoji": ["--data", "data/emoji-styles", "--split", "train", "--eval_split", "test", "--resolution", "64"],
+    "shapes": ["--data", "data/shapes-train40k", "--max_examples", "20000", "--eval_data", "data/shapes-heldout"],
+}
+
+# Every row: train_tokenizer.py flags, and schedule lengths as fractions of the row's step budget.
+ROWS: dict[str, dict] = {
+    "dvae": {
+        "what": "today's dVAE (recipes/tokenizer_emoji.json: small preset, K=512, MSE, tau 1 -> 1/16)",
+        "flags": ["--config", "recipes/tokenizer_emoji.json"],
+        "fractions": {"temperature_steps": 0.8, "warmup_steps": 0.05},
+    },
+}
+
+# The VQ-GAN rows share today's conv stack (the small preset: what changes is the quantizer and the
+# objective, not the capacity), batch and learning rate; K close to DALL-E's 8,192.
+STACK = ["--preset", "small", "--batch_size", "32", "--learning_rate", "0.002", "--output_bias_init", "mean"]
+# taming's objective (L1, perceptual weight 1, GAN weight 0.8 x lambda) sized for the CPU: the perceptual
+# distance on 8 images of each batch of 32, the discriminator at width 32 (taming: 64)
+
+
+def vqgan(perceptual: float = 1.0, disc: float = 0.8) -> list[str]:
+    flags = ["--recon_loss", "l1", "--perceptual_weight", str(perceptual), "--perceptual_images", "8"]
+    return flags + ["--disc_weight", str(disc), "--disc_width", "32", "--disc_learning_rate", "0.0002"]
+
+
+VQGAN = vqgan()
+GAN_PHASES = {"before": ["--disc_start", "1000000"], "after": ["--disc_start", "0"]}
+QUANTIZER_FLAGS = {
+    "dvae": ["--quantizer", "gumbel", "--num_codes", "8192", "--kl_weight", "0.02"],
+    "vq_l2": ["--quantizer", "vq", "--num_codes", "8192", "--codebook_dim", "16", "--vq_l2", "--vq_kmeans_init"]
+    + ["--vq_ema", "--vq_restart_dead", "--kl_weight", "0.25"],
+    "fsq": ["--quantizer", "fsq", "--fsq_levels", "8,6,6,5,5"],
+}
+GUMBEL_RAMPS = {"temperature_steps": 0.8, "kl_warmup_steps": 0.05}  # DALL-E's beta and tau ramps, scaled
+for quantizer, flags in QUANTIZER_FLAGS.items():
+    ROWS[f"{quantizer}_gan"] = {
+        "what": f"{quantizer} (K~8k) + VQ-GAN losses (L1, perceptual, patch-GAN from half-way)",
+        "flags": STACK + flags + VQGAN,
+        "fractions": {"warmup_steps": 0.05, "disc_start": 0.5, **(GUMBEL_RAMPS if quantizer == "dvae" else {})},
+        "calibrate_phases": GAN_PHASES,
+        "second_phase_from": 0.5,
+    }
+ROWS["fsq_no_perceptual"] = {
+    "what": "fsq + L1 + patch-GAN, no perceptual term (ablation)",
+    "flags": STACK + QUANTIZER_FLAGS["fsq"] + vqgan(perceptual=0),
+    "fractions": {"warmup_steps": 0.05, "disc_start": 0.5},
+    "calibrate_phases": GAN_PHASES,
+    "second_phase_from": 0.5,
+}
+ROWS["fsq_no_gan"] = {
+    "what": "fsq + L1 + perceptual, no discriminator (ablation)",
+    "flags": STACK + QUANTIZER_FLAGS["fsq"] + vqgan(disc=0),
+    "fractions": {"warmup_steps": 0.05},
+}
+
+COMMON = ["--logging_steps", "50", "--seed", "0", "--mixed_precision", "auto"]
+
+
+def row_flags(name: str, dataset: str, steps: int) -> list[str]:
+    row = ROWS[name]
+    flags = list(row["flags"]) + DATASETS[dataset] + COMMON + ["--max_steps", str(steps)]
+    for key, fraction in row.get("fractions", {}).items():
+        flags += [f"--{key}", str(max(1, int(fraction * steps)))]
+    return flags
+
+
+def environment(threads: int) -> dict:
+    return {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+
+
+def run_train(flags: list[str], out: Path, threads: int, priority: int = 0, log_name: str = "train.log") -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    cmd = ["nice", "-n", str(priority)] if priority else []
+    cmd += [sys.executable, str(ROOT / "train_tokenizer.py"), *flags, "--output_dir", str(out)]
+    with open(out.parent / f"{out.name}.{log_name}", "a") as log:
+        log.write(" ".join(cmd) + "\n")
+        log.flush()
+        subprocess.run(cmd, cwd=ROOT, env=environment(threads), check=True, stdout=log, stderr=subprocess.STDOUT)
+
+
+def seconds_per_step(out: Path, first: int, last: int) -> float:
+    """CPU seconds per step (the process's, all threads): other work on the machine barely moves it."""
+    times = {}
+    for line in (out / "log.jsonl").read_text().splitlines():
+        entry = json.loads(line)
+        times[entry["step"]] = entry["cpu_time"]
+    return (times[last] - times[first]) / (last - first)
+
+
+def calibrate(args) -> None:
+    path = RUNS / "calibration.json"
+    table = json.loads(path.read_text()) if path.exists() else {}
+    for name in args.rows:
+        phases = ROWS[name].get("calibrate_phases", {"all": []})
+        costs = {}
+        for phase, extra in phases.items():
+            out = RUNS / "calibrate" / f"{name}-{phase}"
+            flags = row_flags(name, "emoji", 25) + ["--logging_steps", "5", "--image_steps", "0"]
+            flags += ["--checkpointing_steps", "0", "--overwrite_output_dir", *extra]
+            load = os.getloadavg()[0]
+            run_train(flags, out, 1, priority=-10)
+            costs[phase] = {"seconds_per_step": seconds_per_step(out, 5, 25), "load_before": round(load, 2)}
+        # a phase with a start fraction runs for the rest of the steps (the discriminator after disc_start)
+        start = ROWS[name].get("second_phase_from", 1.0)
+        per_step = [c["seconds_per_step"] for c in costs.values()]
+        mean = per_step[0] if len(per_step) == 1 else per_step[0] * start + per_step[1] * (1 - start)
+        steps = int(args.budget_cpu_minutes * 60 / mean)
+        table[name] = {
+            "what": ROWS[name]["what"],
+            "phases": costs,
+            "mean_seconds_per_step": round(mean, 4),
+            "budget_cpu_minutes": args.budget_cpu_minutes,
+            "threads": 1,
+            "steps": steps,
+            "machine": machine(),
+            "measured": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+        print(json.dumps({name: table[name]}))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(table, indent=2) + "\n")
+
+
+def machine() -> str:
+    model = ""
+    try:
+        for line in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines():
+            if line.startswith("Model name"):
+                model = line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return f"{os.cpu_count()} cores {model}".strip()
+
+
+def train(args) -> None:
+    table = json.loads((RUNS / "calibration.json").read_text())
+    for dataset in args.datasets:
+        for name in args.rows:
+            if name not in table:
+                sys.exit(f"row {name} has no step budget yet: run `calibrate --rows {name}` first")
+            out = RUNS / dataset / name
+            if (out / "eval.json").exists():
+                print(f"{dataset}/{name}: done")
+                continue
+            flags = row_flags(name, dataset, table[name]["steps"])
+            flags += ["--checkpointing_steps", "250", "--image_steps", "0"]
+            if (out / "checkpoints").exists():
+                flags += ["--resume_from_checkpoint", "latest"]
+            start = time.time()
+            run_train(flags, out, args.threads, priority=args.priority)
+            (out / "wall.json").write_text(
+                json.dumps({"wall_seconds": round(time.time() - start), "threads": args.threads, "machine": machine()})
+            )
+            print(f"{dataset}/{name}: trained in {time.time() - start:.0f} s")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("command", choices=["calibrate", "train", "report"])
+    parser.add_argument("--rows", default=",".join(ROWS))
+    parser.add_argument("--datasets", default="emoji,shapes")
+    parser.add_argument("--budget_cpu_minutes", type=float, default=60.0, help="per row, at one thread")
+    parser.add_argument("--threads", type=int, default=1, help="train: threads per run")
+    parser.add_argument("--priority", type=int, default=0, help="train: nice value of the runs")
+    args = parser.parse_args()
+    args.rows = [r for r in args.rows.split(",") if r]
+    args.datasets = [d for d in args.datasets.split(",") if d]
+    unknown = [r for r in args.rows if r not in ROWS]
+    if unknown:
+        sys.exit(f"unknown rows {unknown}; rows: {', '.join(ROWS)}")
+    {"calibrate": calibrate, "train": train}[args.command](args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,80 @@
+"""Finite Scalar Quantization (Mentzer et al. 2023, "FSQ: VQ-VAE Made Simple"): no codebook to learn.
+
+Each cell's encoder output has one channel per entry of `levels`; channel i is
+bounded to L_i values with a shifted tanh, rounded (straight-through gradient)
+and scaled to [-1, 1]. The code of a cell is the mixed-radix number of its
+digits (digit i in [0, L_i)), so K = prod(levels) codes, every one reachable,
+and no commitment or codebook loss: nothing can collapse for lack of use.
+Levels from the paper: [8, 8, 8] = 512, [8, 5, 5, 5] = 1,000, [7, 5, 5, 5, 5] = 4,375.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .base import Quantizer, QuantizerOutput
+
+EPS = 1e-3  # keeps tanh's bound inside the outermost rounding interval
+
+
+def check_levels(levels: list[int]) -> list[str]:
+    """Problems with an FSQ level list, as config messages ([] when it is usable)."""
+    if not levels:
+        return ["quantizer 'fsq' needs fsq_levels, e.g. [8, 5, 5, 5] (1,000 codes)"]
+    if any(int(level) < 2 for level in levels):
+        return [f"every FSQ level must be at least 2, got {list(levels)}"]
+    return []
+
+
+class FSQuantizer(Quantizer):
+    term_names = ()
+
+    def __init__(self, config) -> None:
+        super().__init__()
+        levels = torch.tensor([int(v) for v in config.fsq_levels], dtype=torch.long)
+        self.num_codes = int(levels.prod())
+        # buffers, not parameters, and not persistent: they follow from the config
+        self.register_buffer("levels", levels, persistent=False)
+        self.register_buffer("basis", torch.cumprod(torch.cat([levels.new_ones(1), levels[:-1]]), 0), persistent=False)
+
+    @staticmethod
+    def encoder_channels(config) -> int:
+        return len(config.fsq_levels)
+
+    def _half_width(self) -> torch.Tensor:
+        return (self.levels // 2).float()[None, :, None, None]
+
+    def bound(self, h: torch.Tensor) -> torch.Tensor:
+        """(B, d, h, w) -> values in (-L/2, L/2) whose rounding gives L integers per channel."""
+        levels = self.levels.float()[None, :, None, None]
+        half = (levels - 1) * (1 - EPS) / 2
+        offset = torch.where(self.levels % 2 == 0, 0.5, 0.0).float()[None, :, None, None]
+        shift = torch.atanh(offset / half)
+        return torch.tanh(h.float() + shift) * half - offset
+
+    def digits(self, h: torch.Tensor) -> torch.Tensor:
+        """(B, d, h, w) encoder output -> (B, d, h, w) integer digits in [0, L_i)."""
+        return torch.round(self.bound(h)).long() + (self.levels // 2)[None, :, None, None]
+
+    def codes(self, h: torch.Tensor) -> torch.Tensor:
+        return (self.digits(h) * self.basis[None, :, None, None]).sum(1)
+
+    def scores(self, h: torch.Tensor) -> torch.Tensor:
+        """One-hot scores over all K codes (the argmax is `codes`); `codes` is the cheap path."""
+        return nn.functional.one_hot(self.codes(h), self.num_codes).permute(0, 3, 1, 2).float()
+
+    def embed(self, codes: torch.Tensor) -> torch.Tensor:
+        codes = codes.long()[:, None]  # (B, 1, h, w)
+        digits = (codes // self.basis[None, :, None, None]) % self.levels[None, :, None, None]
+        return (digits - self.levels[None, :, None, None] // 2).float() / self._half_width()
+
+    def forward(self, h: torch.Tensor, temperature: float = 1.0) -> QuantizerOutput:
+        bounded = self.bound(h)
+        rounded = bounded + (torch.round(bounded) - bounded).detach()  # straight-through
+        digits = torch.round(bounded).detach().long() + (self.levels // 2)[None, :, None, None]
+        codes = (digits * self.basis[None, :, None, None]).sum(1)
+        return QuantizerOutput(rounded / self._half_width(), codes, {})
+
+    def regularizer(self, terms: dict[str, torch.Tensor], beta: float, cells: int, pixels: int) -> torch.Tensor:
+        return torch.zeros(())
