@@ -193,6 +193,27 @@ def test_captions_follow_the_grammar_and_describe_the_scene():
     assert full_caption([place_object("circle", "orange", "small", 0, 2)]) == "a small orange circle in the top right"
 
 
+def test_a_two_object_prompt_needs_exactly_two_objects():
+    circle = place_object("circle", "red", "small", 0, 0)
+    square = place_object("square", "blue", "large", 2, 0)
+    caption = "a red circle above a blue square"
+    two = render_scene(Scene((circle, square), ""))
+    assert judge(two, caption)["count"] and judge(two, caption)["all_correct"]
+    extra = two.copy()
+    extra[28:36, 50:58] = PALETTE["yellow"]  # a stray blob far from both
+    strict = judge(extra, caption)
+    assert strict["objects_found"] and strict["relation"] and not strict["count"] and not strict["all_correct"]
+    split = two.copy()  # one object drawn in two colours: a person sees a wrong square
+    ys, xs = np.nonzero((two == PALETTE["blue"]).all(-1))
+    split[ys[ys > ys.mean()], xs[ys > ys.mean()]] = PALETTE["green"]
+    assert len(detect_objects(split)) == 3 and not judge(split, caption)["all_correct"]
+    # the rule before 2026-12, for comparing with figures measured then, passed both
+    assert judge(extra, caption, two_object_rule="lenient")["all_correct"]
+    assert judge(split, caption, two_object_rule="lenient")["count"] is None
+    with pytest.raises(UserError, match="two_object_rule"):
+        judge(two, caption, two_object_rule="loose")
+
+
 def test_two_object_layouts_keep_boxes_apart():
     for index in range(3000):
         scene = generate_scene("zeroshot" if index % 2 else "train", 2, index)

@@ -43,6 +43,12 @@ class EvalShapesArgs:
     """Flags of `minidalle eval-shapes`."""
 
     json: bool = arg(False, help="Print the report as one JSON object instead of a table.")
+    two_object_rule: str = arg(
+        "exact",
+        help="exact: a two-object prompt needs exactly two objects found (the contract since 2026-12); "
+        "lenient: the rule before, for comparing with figures measured then.",
+        choices=["exact", "lenient"],
+    )
 
 
 @command(
@@ -55,7 +61,7 @@ class EvalShapesArgs:
 )
 def eval_shapes_main(args: EvalShapesArgs, extra) -> None:
     """`minidalle eval-shapes MANIFEST.jsonl [--json]`."""
-    report = evaluate_manifest(extra.manifest)
+    report = evaluate_manifest(extra.manifest, args.two_object_rule)
     print(json.dumps(report) if args.json else format_report(report))
 
 

@@ -8,11 +8,17 @@
    its shape is the template (`minidalle.data.shapes.generate.shape_mask`) with the highest
    intersection over union at its bounding box;
 4. a one-object prompt is right on an attribute when exactly one object is found
-   and the attribute matches; a two-object prompt is right when both named
-   (colour, shape) pairs are found (the largest such component when there are
-   several) and the relation between their centroids holds ("to the left of":
-   the first centroid's x is smaller, "above": its y is smaller), and any stated
-   sizes match.
+   and the attribute matches; a two-object prompt is right when exactly two
+   objects are found (`count`), they are the two named (colour, shape) pairs
+   (`objects_found`), the relation between their centroids holds ("to the left
+   of": the first centroid's x is smaller, "above": its y is smaller), and any
+   stated sizes match. An extra blob, or one object split into components of two
+   colours, makes the image wrong, as a person would see it.
+
+Until 2026-12 the two-object rule did not require exactly two objects (the
+largest component of each named pair was taken, whatever else was drawn);
+`two_object_rule="lenient"` (`eval-shapes --two_object_rule lenient`) judges by
+it, to compare with figures measured then.
 
 Choices the contract leaves open: the caption parser accepts "a" or "an" before
 any word, and each size word of a two-object caption on its own; a two-object
@@ -205,7 +211,10 @@ def _relation_holds(relation: str, first: dict, second: dict) -> bool:
     return {"to the left of": ax < bx, "to the right of": ax > bx, "above": ay < by, "below": ay > by}[relation]
 
 
-def _score(spec: dict, objects: list[dict]) -> dict:
+TWO_OBJECT_RULES = ("exact", "lenient")
+
+
+def _score(spec: dict, objects: list[dict], two_object_rule: str = "exact") -> dict:
     """Per-attribute booleans (None where the prompt does not state it) and all_correct."""
     result = dict.fromkeys(ATTRIBUTES)
     if spec["kind"] == "one":
@@ -221,6 +230,8 @@ def _score(spec: dict, objects: list[dict]) -> dict:
     else:
         pair = [_find(objects, named) for named in spec["objects"]]
         found = None not in pair
+        if two_object_rule == "exact":
+            result["count"] = len(objects) == 2
         result["objects_found"] = found
         result["relation"] = found and _relation_holds(spec["relation"], *pair)
         stated = [(named["size"], obj) for named, obj in zip(spec["objects"], pair) if named["size"] is not None]
@@ -230,16 +241,22 @@ def _score(spec: dict, objects: list[dict]) -> dict:
     return result
 
 
-def judge(image, caption: str) -> dict:
+def _check_rule(two_object_rule: str) -> None:
+    if two_object_rule not in TWO_OBJECT_RULES:
+        raise UserError(f"two_object_rule must be 'exact' or 'lenient', got {two_object_rule!r}")
+
+
+def judge(image, caption: str, two_object_rule: str = "exact") -> dict:
     """Judge one image against its prompt.
 
     Returns `kind` ("one"/"two"), a boolean or None for each of `ATTRIBUTES`
     (None: the prompt does not state it), `all_correct`, and the detected `objects`.
     Raises `ValueError` for a caption outside the grammar.
     """
+    _check_rule(two_object_rule)
     spec = parse_caption(caption)
     objects = detect_objects(image)
-    return {"kind": spec["kind"], **_score(spec, objects), "objects": objects}
+    return {"kind": spec["kind"], **_score(spec, objects, two_object_rule), "objects": objects}
 
 
 # --- a manifest of generated images ------------------------------------------------
@@ -249,17 +266,18 @@ def _rate(right: int, total: int) -> float | None:
     return right / total if total else None
 
 
-def evaluate_manifest(path: str | Path) -> dict:
+def evaluate_manifest(path: str | Path, two_object_rule: str = "exact") -> dict:
     """Judge every line `{"prompt": ..., "file": ...}` of a JSONL manifest (files relative to its folder).
 
     Returns the number of images (`images`, `one_object`, `two_object`), `accuracy`
     per attribute over the images whose prompt states it (with those counts in
     `judged`), and the all-correct rate overall, for one-object and two-object prompts.
     """
+    _check_rule(two_object_rule)
     path = Path(path)
     right, judged, kinds, all_right = Counter(), Counter(), Counter(), Counter()
     for where, spec, image_path in manifest_entries(path, parse_caption):
-        result = _score(spec, detect_objects(open_manifest_image(image_path, where)))
+        result = _score(spec, detect_objects(open_manifest_image(image_path, where)), two_object_rule)
         kinds[spec["kind"]] += 1
         all_right[spec["kind"]] += result["all_correct"]
         for name in ATTRIBUTES:
@@ -271,6 +289,7 @@ def evaluate_manifest(path: str | Path) -> dict:
         raise UserError(f"{path}: the manifest has no entries")
     return {
         "manifest": str(path),
+        "two_object_rule": two_object_rule,
         "images": images,
         "one_object": kinds["one"],
         "two_object": kinds["two"],
