@@ -33,8 +33,8 @@ RANKS = {
     "data": 3,
     "pipeline": 4,
     "training": 5,
+    "webui": 5,  # the web page: the pipeline and below; `minidalle serve` (cli) starts it
     "cli": 6,
-    "webui": 6,
 }
 
 

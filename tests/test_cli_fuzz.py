@@ -79,6 +79,7 @@ def skeleton(name: str, w: dict, out: Path) -> list[str]:
         "train-prior": [*data, "--image_tokenizer", str(w["tok"]), "--output_dir", str(out), *tiny],
         "sample": ["a red circle", "--model", str(w["pipeline"]), "--out", str(out), "--num_candidates", "1"],
         "score": [str(w["image"]), "--caption", "a red circle", "--model", str(w["pipeline"])],
+        "serve": ["--model", str(w["pipeline"]), "--port", "7860", "--no_compile"],
         "export-pipeline": ["--source", str(w["pipeline"]), "--out", str(out)],
         "encode": ["--image_tokenizer", str(w["tok"]), *data, "--out", str(out)],
         "codebook": ["--image_tokenizer", str(w["tok"]), "--out", str(out / "sheet.png")],

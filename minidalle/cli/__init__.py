@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train-tokenizer": ("train.train_tokenizer_main", "stage 1: train the dVAE image tokenizer"),
     "sample": ("sample.main", "prompts -> PNG images (bundled model by default)"),
     "score": ("score.score_main", "log p(image | caption) in bits/dim, or rank captions for an image"),
+    "serve": ("serve.serve_main", "the web page: generate, score and complete in a browser (the ui extra)"),
     "train-prior": ("train.train_prior_main", "stage 2: train or fine-tune the prior over text + image codes"),
     "export-pipeline": ("export_pipeline.export_pipeline_main", "copy a pipeline folder with float16/bfloat16 weights"),
     "encode": ("codes.encode_main", "encode a dataset once into image-tokenizer codes"),

@@ -124,8 +124,9 @@ class VectorQuantizer(Quantizer):
         """
         k, d = self.num_codes, self.dim
         flat = z.permute(0, 2, 3, 1).reshape(-1, d)
-        onehot = F.one_hot(codes.reshape(-1), k).float()
-        counts, sums = onehot.sum(0), onehot.t() @ flat
+        codes = codes.reshape(-1)  # counts and sums per code without a (cells, K) one-hot matrix
+        counts = torch.bincount(codes, minlength=k).float()
+        sums = torch.zeros(k, d, device=flat.device, dtype=flat.dtype).index_add_(0, codes, flat)
         distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
         if distributed:
             torch.distributed.all_reduce(counts)

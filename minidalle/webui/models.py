@@ -1,0 +1,95 @@
+"""The models the page offers: the bundled ones by name, and pipeline folders, each loaded once at start-up."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import UserError
+from ..pipeline import DEFAULT_MODEL, MiniDallePipeline
+from ..pipeline.io import is_pipeline_folder
+from .sampling import WarmSampler
+
+logger = logging.getLogger("minidalle")
+
+
+@dataclass(frozen=True)
+class BundledModel:
+    folder: Path
+    examples: tuple[str, ...]  # prompts from its training grammar
+    zero_shot_examples: tuple[str, ...] = ()  # prompts that name pairs it never saw in training
+    about: str = ""
+
+
+# name -> the model that ships in the package (the emoji model joins here when it is bundled)
+BUNDLED_MODELS: dict[str, BundledModel] = {
+    "shapes": BundledModel(
+        DEFAULT_MODEL,
+        examples=(
+            "a small red circle in the top left",
+            "a large blue square at the bottom",
+            "a green circle above a yellow square",
+            "a white diamond to the left of a purple triangle",
+        ),
+        zero_shot_examples=(
+            "a small cyan diamond in the center",
+            "an orange square below a red triangle",
+            "a large purple circle on the right",
+            "a green triangle above a white square",
+        ),
+        about="coloured shapes on black; cyan diamonds, orange squares, purple circles and green triangles "
+        "were never seen in training (zero-shot)",
+    ),
+}
+
+
+@dataclass
+class LoadedModel:
+    name: str  # what the model picker shows: a bundled name or the folder as given
+    pipe: MiniDallePipeline
+    sampler: WarmSampler  # the pipeline's images, with the compiled step warm for a few batch shapes
+    examples: tuple[str, ...] = ()
+    zero_shot_examples: tuple[str, ...] = ()
+    about: str = ""
+
+
+def resolve_models(names_or_folders: list[str]) -> dict[str, Path]:
+    """`--model` values -> {picker name: pipeline folder}; none given: every bundled model.
+
+    A value is a bundled model's name or a pipeline folder; anything else is a `UserError` naming it,
+    raised before anything is loaded.
+    """
+    resolved: dict[str, Path] = {}
+    for value in names_or_folders or list(BUNDLED_MODELS):
+        if value in BUNDLED_MODELS:
+            resolved[value] = BUNDLED_MODELS[value].folder
+            continue
+        folder = Path(value)
+        if not folder.exists():
+            raise UserError(
+                f"--model {value}: no such pipeline folder, and no bundled model of that name "
+                f"(bundled: {', '.join(BUNDLED_MODELS)})"
+            )
+        if not folder.is_dir() or not is_pipeline_folder(folder):
+            raise UserError(f"--model {value}: not a pipeline folder (expected model_index.json and its parts)")
+        resolved[value] = folder
+    return resolved
+
+
+def load_models(folders: dict[str, Path], device: str | None = None) -> dict[str, LoadedModel]:
+    """Load every pipeline once (the requests share them; sampling keeps no state in the pipeline)."""
+    models = {}
+    for name, folder in folders.items():
+        bundled = BUNDLED_MODELS.get(name)
+        pipe = MiniDallePipeline.from_pretrained(folder, device=device or None)
+        logger.info("loaded %s from %s (%s)", name, folder, pipe.device)
+        models[name] = LoadedModel(
+            name,
+            pipe,
+            WarmSampler(pipe),
+            bundled.examples if bundled else (),
+            bundled.zero_shot_examples if bundled else (),
+            bundled.about if bundled else f"the pipeline in {folder}",
+        )
+    return models
