@@ -138,6 +138,8 @@ def test_gan_run_resumes_bit_exactly_and_saves_only_the_tokenizer(shapes_dir, tm
         assert all(torch.equal(wa[k], wb[k]) for k in wa), name
     saved = load_file(str(full / "image_tokenizer" / "model.safetensors"))
     assert {k.split(".")[0] for k in saved} == {"encoder", "decoder"}  # fsq keeps no tensors; no disc, no VGG
+    evaluation = json.loads((full / "eval.json").read_text())
+    assert evaluation["eval_perceptual"] > 0  # the perceptual distance is reported beside PSNR
 
 
 def test_gan_with_two_processes_follows_one_process(shapes_dir, tmp_path):

