@@ -137,7 +137,8 @@ def test_gan_run_resumes_bit_exactly_and_saves_only_the_tokenizer(shapes_dir, tm
         wb = load_file(str(resumed / "checkpoints" / "step-0000008" / name))
         assert all(torch.equal(wa[k], wb[k]) for k in wa), name
     saved = load_file(str(full / "image_tokenizer" / "model.safetensors"))
-    assert {k.split(".")[0] for k in saved} == {"encoder", "decoder"}  # fsq keeps no tensors; no disc, no VGG
+    assert {k.split(".")[0] for k in saved} == {"encoder", "decoder", "quantizer"}  # no disc, no VGG
+    assert {k for k in saved if k.startswith("quantizer")} == {"quantizer.norm.weight", "quantizer.norm.bias"}
     evaluation = json.loads((full / "eval.json").read_text())
     assert evaluation["eval_perceptual"] > 0  # the perceptual distance is reported beside PSNR
 

@@ -5,6 +5,12 @@ bounded to L_i values with a shifted tanh, rounded (straight-through gradient)
 and scaled to [-1, 1]. The code of a cell is the mixed-radix number of its
 digits (digit i in [0, L_i)), so K = prod(levels) codes, every one reachable,
 and no commitment or codebook loss: nothing can collapse for lack of use.
+
+The encoder's output is normalised per image (GroupNorm with one group, learned scale and shift)
+before the bound: our encoders have no normalisation (DALL-E's shape), and without it their output
+grew to ~1e3 within 40 steps at lr 2e-3 on emoji, saturating every tanh: one code for every cell,
+and no gradient left to leave it (measured, issue 16). The norm's parameters decide codes, so
+they are part of `code_state`.
 Levels from the paper: [8, 8, 8] = 512, [8, 5, 5, 5] = 1,000, [7, 5, 5, 5, 5] = 4,375.
 """
 
@@ -37,6 +43,7 @@ class FSQuantizer(Quantizer):
         # buffers, not parameters, and not persistent: they follow from the config
         self.register_buffer("levels", levels, persistent=False)
         self.register_buffer("basis", torch.cumprod(torch.cat([levels.new_ones(1), levels[:-1]]), 0), persistent=False)
+        self.norm = nn.GroupNorm(1, len(levels))
 
     @staticmethod
     def encoder_channels(config) -> int:
@@ -51,7 +58,7 @@ class FSQuantizer(Quantizer):
         half = (levels - 1) * (1 - EPS) / 2
         offset = torch.where(self.levels % 2 == 0, 0.5, 0.0).float()[None, :, None, None]
         shift = torch.atanh(offset / half)
-        return torch.tanh(h.float() + shift) * half - offset
+        return torch.tanh(self.norm(h.float()) + shift) * half - offset
 
     def digits(self, h: torch.Tensor) -> torch.Tensor:
         """(B, d, h, w) encoder output -> (B, d, h, w) integer digits in [0, L_i)."""
@@ -75,6 +82,9 @@ class FSQuantizer(Quantizer):
         digits = torch.round(bounded).detach().long() + (self.levels // 2)[None, :, None, None]
         codes = (digits * self.basis[None, :, None, None]).sum(1)
         return QuantizerOutput(rounded / self._half_width(), codes, {})
+
+    def code_state(self) -> dict[str, torch.Tensor]:
+        return {"norm.weight": self.norm.weight, "norm.bias": self.norm.bias}
 
     def regularizer(self, terms: dict[str, torch.Tensor], beta: float, cells: int, pixels: int) -> torch.Tensor:
         return torch.zeros(())
