@@ -17,7 +17,8 @@ JSON, and draws the reconstructions side by side (`docs/tokenizer-comparison.png
 
 Data (made once): `minidalle export-dataset emoji-styles --out data/emoji-styles` and
 `minidalle make-shapes --out data/shapes-train40k --split train --num 40000 --seed 0`,
-`minidalle make-shapes --out data/shapes-heldout --split train --num 500 --seed 1`.
+`minidalle make-shapes --out data/shapes-heldout --split train --num 500 --seed 1` (and
+`--num 2000` into `data/shapes-heldout2k`: 500 of them differ from every training image).
 """
 
 from __future__ import annotations
@@ -189,6 +190,114 @@ def train(args) -> None:
             print(f"{dataset}/{name}: trained in {time.time() - start:.0f} s")
 
 
+def cpu_minutes(out: Path) -> float:
+    """CPU minutes the run took: `cpu_time` restarts at 0 on a resume, so sum each segment's last value."""
+    total, last = 0.0, 0.0
+    for line in (out / "log.jsonl").read_text().splitlines():
+        t = json.loads(line).get("cpu_time", 0.0)
+        if t < last:
+            total += last
+        last = t
+    return round((total + last) / 60, 1)
+
+
+def load_split(data: str, split: str, limit: int = 0):
+    import torch
+
+    from minidalle.data import DataArguments, load_captioned_dataset, load_image_tensor
+
+    args = DataArguments(data=data, split=split, resolution=64, max_examples=limit)
+    ds = load_captioned_dataset(args, require_captions=False)
+    return load_image_tensor(ds, args, progress=False).float() / 255, ds, torch
+
+
+def evaluate_tokenizer(folder: Path, images, perceptual) -> dict:
+    """PSNR (mean of each image's), our perceptual distance, and the codes' use, on held-out images."""
+    import torch
+
+    from minidalle.image_tokenizers import load_image_tokenizer
+    from minidalle.metrics import codebook_stats, psnr
+
+    tokenizer = load_image_tokenizer(folder).eval()
+    codes, recon = [], []
+    with torch.no_grad():
+        for chunk in images.split(64):
+            c = tokenizer.encode(chunk)
+            codes.append(c.flatten())
+            recon.append(tokenizer.decode(c))
+        recon = torch.cat(recon)
+        distance = torch.cat([perceptual(a, b) for a, b in zip(recon.split(64), images.split(64))])
+    per_image = psnr((recon - images).pow(2).flatten(1).mean(1))
+    stats = codebook_stats(torch.bincount(torch.cat(codes), minlength=tokenizer.num_codes))
+    return {
+        "psnr": round(float(per_image.mean()), 2),
+        "perceptual": round(float(distance.mean()), 4),
+        "codes": tokenizer.num_codes,
+        "grid": tokenizer.grid_size,
+        "codebook_usage": round(stats["codebook_usage"], 3),
+        "codebook_perplexity": round(stats["codebook_perplexity"], 1),
+    }, recon
+
+
+def shapes_figures(folder: Path) -> dict:
+    """Attributes kept on held-out shapes, and the zero-shot round trip (both under the exact two-object rule)."""
+    figures = {}
+    out = RUNS / "report-tmp" / folder.parent.name
+    cmd = [sys.executable, str(ROOT / "bench" / "eval_tokenizer_shapes.py"), "--image_tokenizer", str(folder)]
+    cmd += ["--heldout", "data/shapes-heldout2k", "--train", "data/shapes-train40k", "--out", str(out)]
+    kept = json.loads(subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=True).stdout.splitlines()[-1])
+    figures.update(attributes_kept=kept["all_correct"], shapes_psnr=kept["psnr"])
+    cmd = [sys.executable, str(ROOT / "bench" / "zeroshot_ceiling.py"), "--image_tokenizer", str(folder)]
+    cmd += ["--splits", "zeroshot", "--num", "400"]
+    first = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=True).stdout.splitlines()[0]
+    figures["zeroshot_round_trip"] = json.loads(first)["all_correct"]
+    return figures
+
+
+def report(args) -> None:
+    import torch
+
+    from minidalle.image_tokenizers.perceptual import LPIPS_LAYERS, PerceptualDistance
+    from minidalle.images import save_image_grid
+
+    torch.set_num_threads(args.threads)
+    table = json.loads((RUNS / "calibration.json").read_text())
+    perceptual = PerceptualDistance(layers=LPIPS_LAYERS)  # all five taps for evaluation (training: three)
+    results = {}
+    for dataset in args.datasets:
+        if dataset == "emoji":
+            images, ds, _ = load_split("data/emoji-styles", "test")
+            styles = ds["style"]
+            shown = [styles.index(s) for s in dict.fromkeys(styles)] + [len(styles) // 2, len(styles) - 1]
+        else:
+            images, _, _ = load_split("data/shapes-heldout", "train", limit=500)
+            shown = list(range(0, 80, 10))
+        rows_shown = [images[shown]]
+        for name in args.rows:
+            folder = RUNS / dataset / name / "image_tokenizer"
+            if not folder.is_dir():
+                continue
+            figures, recon = evaluate_tokenizer(folder, images, perceptual)
+            if dataset == "shapes":
+                figures.update(shapes_figures(folder))
+            figures.update(steps=table[name]["steps"], cpu_minutes=cpu_minutes(folder.parent), what=ROWS[name]["what"])
+            results[f"{dataset}/{name}"] = figures
+            rows_shown.append(recon[shown])
+            print(json.dumps({f"{dataset}/{name}": figures}), flush=True)
+        picture = ROOT / "docs" / f"tokenizer-comparison-{dataset}.png"
+        save_image_grid(rows_shown, picture)
+    (RUNS / "report.json").write_text(json.dumps({"machine": machine(), "rows": results}, indent=2) + "\n")
+    print("| row | data | steps | CPU min | PSNR dB | perceptual | codes used | perplexity | attrs kept | zero-shot |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for key, f in results.items():
+        dataset, name = key.split("/")
+        extra = [f"{100 * f[k]:.1f}%" if k in f else "" for k in ("attributes_kept", "zeroshot_round_trip")]
+        print(
+            f"| {name} | {dataset} | {f['steps']} | {f['cpu_minutes']} | {f['psnr']} | {f['perceptual']} | "
+            f"{100 * f['codebook_usage']:.1f}% of {f['codes']} | {f['codebook_perplexity']} | {extra[0]} | {extra[1]} |"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("command", choices=["calibrate", "train", "report"])
@@ -203,7 +312,7 @@ def main() -> None:
     unknown = [r for r in args.rows if r not in ROWS]
     if unknown:
         sys.exit(f"unknown rows {unknown}; rows: {', '.join(ROWS)}")
-    {"calibrate": calibrate, "train": train}[args.command](args)
+    {"calibrate": calibrate, "train": train, "report": report}[args.command](args)
 
 
 if __name__ == "__main__":
