@@ -26,6 +26,7 @@ RANKS = {
     "folders": 1,
     "metrics": 1,
     "images": 1,
+    "threads": 1,
     "serialization": 2,
     "text": 2,
     "image_tokenizers": 3,

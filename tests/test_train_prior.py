@@ -78,7 +78,9 @@ def test_loss_falls(trained):
 
 def test_the_run_writes_a_complete_pipeline_that_loads_and_samples(trained, image_tokenizer_dir):
     pipeline = trained / "pipeline"
-    assert {p.name for p in pipeline.iterdir()} == {"model_index.json", "image_tokenizer", "text_tokenizer", "prior"}
+    parts = {"model_index.json", "image_tokenizer", "text_tokenizer", "prior", "training_info.json"}
+    assert {p.name for p in pipeline.iterdir()} == parts
+    assert json.loads((pipeline / "training_info.json").read_text())["step"] == 40  # the one evaluation, the best
     pipe = MiniDallePipeline.from_pretrained(pipeline, device="cpu")
     assert pipe.prior.config.image_tokenizer_hash == DiscreteVAE.from_pretrained(image_tokenizer_dir).codes_hash()
     assert pipe.prior.config.text_len == 16
@@ -215,6 +217,7 @@ def test_init_from_a_pipeline_fine_tunes_with_frozen_blocks(trained, shapes_dir,
             str(trained / "pipeline"),
             "--freeze_blocks",
             "1",
+            "--freeze_embeddings",
             "--learning_rate",
             "1e-3",
             "--text_len",

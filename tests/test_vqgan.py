@@ -158,8 +158,8 @@ def test_gan_with_two_processes_follows_one_process(shapes_dir, tmp_path):
     b = {r["step"]: r for r in log(two) if "loss" in r}
     assert sorted(a) == sorted(b) == list(range(1, 7))
     for step in a:  # the adaptive weight is the whole batch's on both
-        for key in ("loss", "recon", "gan_weight", "disc_loss", "logits_real"):
-            assert b[step][key] == pytest.approx(a[step][key], rel=1e-4, abs=1e-6), (step, key)
+        for key in ("loss", "recon", "gan_weight", "disc_loss", "logits_real"):  # sums over other splits: rounding
+            assert b[step][key] == pytest.approx(a[step][key], rel=5e-4, abs=1e-6), (step, key)
 
 
 def test_quantizer_flags_give_clear_errors(shapes_dir, tmp_path):

@@ -10,10 +10,12 @@ Without --model the bundled shapes model is used. Each image is the best of
 from __future__ import annotations
 
 import json
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..pipeline.pipeline import SAMPLING_DEFAULTS
 from .args import UserError, arg, command
 
 # what sample.py writes into --out (a re-run into the same folder removes these and nothing else)
@@ -24,19 +26,29 @@ SAMPLE_FILES = r"images/p\d{3,}-i\d{2,}\.png|grid-p\d{3,}\.png|manifest\.jsonl"
 class SampleArguments:
     prompts_file: str = arg("", help="A text file with one prompt per line (added to the prompts given as arguments).")
     model: str = arg(
-        "", help="A pipeline folder (train_prior.py's OUTPUT_DIR/pipeline); default: the bundled shapes model."
+        "",
+        help="A pipeline folder (train_prior.py's OUTPUT_DIR/pipeline) or a bundled model's name (shapes); "
+        "default: the bundled shapes model.",
     )
     num_images: int = arg(4, help="Images per prompt.", minimum=1)
-    guidance_scale: float = arg(1.5, help="Classifier-free guidance: 1 is off; larger follows the prompt more closely.")
-    temperature: float = arg(
-        0.3, help="Sampling temperature (0: always the most likely code; 1: the model's own distribution).", minimum=0
+    guidance_scale: float = arg(
+        SAMPLING_DEFAULTS["guidance_scale"],
+        help="Classifier-free guidance: 1 is off; larger follows the prompt more closely.",
     )
-    top_k: int = arg(0, help="Sample only among the k most likely codes (0: all).", minimum=0)
+    temperature: float = arg(
+        SAMPLING_DEFAULTS["temperature"],
+        help="Sampling temperature (0: always the most likely code; 1: the model's own distribution).",
+        minimum=0,
+    )
+    top_k: int = arg(SAMPLING_DEFAULTS["top_k"], help="Sample only among the k most likely codes (0: all).", minimum=0)
     top_p: float = arg(
-        1.0, help="Nucleus sampling: the smallest set of codes with this total probability.", minimum=1e-06, maximum=1
+        SAMPLING_DEFAULTS["top_p"],
+        help="Nucleus sampling: the smallest set of codes with this total probability.",
+        minimum=1e-06,
+        maximum=1,
     )
     num_candidates: int = arg(
-        8,
+        SAMPLING_DEFAULTS["num_candidates"],
         help="Sample this many candidates per image and keep the one the model finds best explained by "
         "its prompt (DALL-E's re-ranking, scored by the prior itself: see MiniDallePipeline.score's pmi). "
         "1: no re-ranking; sampling time grows with it. At --temperature 0 every candidate is the "
@@ -58,6 +70,12 @@ class SampleArguments:
     )
     out: str = arg("samples", help="Output folder.")
     device: str = arg("", help="cpu or cuda (default: cuda when available).")
+    threads: int = arg(
+        0,
+        help="CPU threads for torch (0: torch's default, one per core); on a machine another process keeps "
+        "busy, 1 can be much faster (see the README).",
+        minimum=0,
+    )
 
 
 def read_prompts(positional: list[str], prompts_file: str) -> list[str]:
@@ -87,12 +105,15 @@ def main(args: SampleArguments, extra) -> None:
     from ..folders import claim_output_folder
     from ..images import save_image_grid, save_png
     from ..pipeline import MiniDallePipeline, check_prompts
+    from ..threads import use_threads
 
+    threads = use_threads(args.threads)  # before any work
     prompts = check_prompts(read_prompts(extra.prompts, args.prompts_file))
     out = claim_output_folder(args.out, "samples", SAMPLE_FILES)
     (out / "images").mkdir(exist_ok=True)
     started = time.perf_counter()
     pipe = MiniDallePipeline.from_pretrained(args.model or None, device=args.device or None)
+    print(f"sampling on {pipe.device}" + (f" with {threads}" if pipe.device.type == "cpu" else ""), file=sys.stderr)
     result = pipe(
         prompts,
         num_images_per_prompt=args.num_images,

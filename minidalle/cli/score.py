@@ -22,7 +22,9 @@ class ScoreArguments:
         "(log p given the caption minus log p given the empty caption).",
     )
     candidates: str = arg("", help="Rank these captions ('|'-separated) for each image, most likely first.")
-    model: str = arg("", help="A pipeline folder; default: the bundled shapes model.")
+    model: str = arg(
+        "", help="A pipeline folder or a bundled model's name (shapes); default: the bundled shapes model."
+    )
     json: bool = arg(False, help="Print one JSON object per image instead of text.")
 
 
@@ -54,8 +56,13 @@ def score_main(args: ScoreArguments, extra) -> None:
         image = open_image(path)
         if candidates:
             ranked = pipe.rank_captions(image, candidates)
-            result = {"image": path, "ranking": [{"caption": c, "log_prob": lp} for c, lp in ranked]}
-            text = f"{path}\n" + "\n".join(f"  {lp:10.2f}  {c}" for c, lp in ranked)
+            result = {
+                "image": path,
+                "ranking": [{"rank": r, "caption": c, "log_prob": lp} for r, (c, lp) in enumerate(ranked, 1)],
+            }
+            text = f"{path}: captions ranked by log p(image codes | caption), most likely first\n" + "\n".join(
+                f"  {rank}. log p = {lp:.2f} nats  {c}" for rank, (c, lp) in enumerate(ranked, 1)
+            )
         else:
             (scored,) = pipe.score([image], [args.caption])
             result = {"image": path, **scored}

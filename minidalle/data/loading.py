@@ -16,6 +16,7 @@ centre-cropped (or randomly cropped).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -74,17 +75,35 @@ def _has_dataset_card(folder: Path) -> bool:
     return text.startswith("---") and "\nconfigs:" in text.split("\n---", 1)[0]
 
 
+@contextlib.contextmanager
+def _no_progress_bars():
+    """datasets' progress bars off for a local folder: its "Downloading data: N files" only copies paths, and
+    "Generating train split" counts what `validate` reports. (datasets has one global switch: it is restored.)"""
+    import datasets
+
+    was_disabled = datasets.are_progress_bars_disabled()
+    datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        if not was_disabled:
+            datasets.enable_progress_bars()
+
+
 def _load_raw(data: str, split: str):
     import datasets
 
     path = Path(data)
     try:
         if path.is_dir() and any((path / f).exists() for f in ("dataset_info.json", "dataset_dict.json")):
-            loaded = datasets.load_from_disk(str(path))
+            with _no_progress_bars():
+                loaded = datasets.load_from_disk(str(path))
         elif path.is_dir() and _has_dataset_card(path):  # its `configs` name the splits (e.g. emoji-styles' zeroshot)
-            loaded = datasets.load_dataset(str(path))
+            with _no_progress_bars():
+                loaded = datasets.load_dataset(str(path))
         elif path.is_dir():
-            loaded = datasets.load_dataset("imagefolder", data_dir=str(path))
+            with _no_progress_bars():
+                loaded = datasets.load_dataset("imagefolder", data_dir=str(path))
         elif path.exists():
             raise UserError(f"--data {data}: expected a folder, got a file")
         else:
@@ -174,27 +193,48 @@ def load_captioned_dataset(args: DataArguments, require_captions: bool = True):
     return ds
 
 
-def _check_image(value) -> str | None:
-    """None if `value` (a {path, bytes} dict) decodes to a whole image, else the problem."""
+def _check_image(value) -> tuple[str | None, tuple[int, int] | None]:
+    """(None, (width, height)) if `value` (a {path, bytes} dict) decodes to a whole image, else (the problem, None)."""
     path, data = value.get("path"), value.get("bytes")
     try:
         if data is None:
             if path is None:
-                return "no image"
+                return "no image", None
             if os.path.getsize(path) == 0:
-                return "zero-byte file"
+                return "zero-byte file", None
             with Image.open(path) as im:
                 im.load()
+                size = im.size
         else:
             if len(data) == 0:
-                return "zero-byte file"
+                return "zero-byte file", None
             with Image.open(io.BytesIO(data)) as im:
                 im.load()
+                size = im.size
     except Image.DecompressionBombError:
-        return "image too large (decompression bomb refused)"
+        return "image too large (decompression bomb refused)", None
     except (OSError, SyntaxError, ValueError) as exc:
-        return f"unreadable image ({exc})"
-    return None
+        return f"unreadable image ({exc})", None
+    return None, size
+
+
+def _log_resizes(args: DataArguments, sizes: list[tuple[str, tuple[int, int]]], total: int) -> None:
+    """One line saying how many images `ImageTransform` will resize and crop (the most cut one named)."""
+    r = args.resolution
+    resized = sum(min(size) != r for _, size in sizes)
+    cropped = [(where, size) for where, size in sizes if size[0] != size[1]]
+    if not resized and not cropped:
+        return
+    parts = [f"{resized} of {total} images are resized to {r} px on the short side"] if resized else []
+    if cropped:
+        where, (w, h) = max(cropped, key=lambda item: max(item[1]) / min(item[1]))
+        kept = min(w, h) / max(w, h)
+        how = "randomly" if args.random_crop else "centre-"
+        parts.append(
+            f"{len(cropped)} of {total} are not square and are {how}cropped to {r}x{r} (the most cut, {where} at "
+            f"{w}x{h}, keeps {100 * kept:.0f}% of its {'width' if w > h else 'height'})"
+        )
+    logger.info("--data %s: %s", args.data, "; ".join(parts))
 
 
 def validate(ds, args: DataArguments, require_captions: bool = True):
@@ -205,14 +245,19 @@ def validate(ds, args: DataArguments, require_captions: bool = True):
     images = raw[args.image_column]
     captions = raw[args.caption_column] if require_captions else [None] * len(raw)
     bad: list[tuple[int, str, str]] = []
+    sizes: list[tuple[str, tuple[int, int]]] = []  # (where, (width, height)) of the good images
     for i, (value, caption) in enumerate(zip(images, captions)):
         where = (value or {}).get("path") or f"example {i}"
         if require_captions and (not isinstance(caption, str) or not caption.strip()):
             bad.append((i, where, f"missing or empty caption ({args.caption_column!r})"))
             continue
-        problem = _check_image(value or {})
+        problem, size = _check_image(value or {})
         if problem:
             bad.append((i, where, problem))
+        else:
+            sizes.append((where, size))
+    if not bad or args.skip_bad_examples:
+        _log_resizes(args, sizes, len(sizes))
     if not bad:
         return ds
     if not args.skip_bad_examples:

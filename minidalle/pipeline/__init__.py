@@ -5,15 +5,26 @@ accelerate nor `minidalle.training`.
 """
 
 from .io import check_compatible, export_pipeline, load_pipeline_parts, save_pipeline
-from .pipeline import DEFAULT_MODEL, MiniDallePipeline, PipelineOutput, check_prompts
+from .pipeline import (
+    BUNDLED_MODELS,
+    DEFAULT_MODEL,
+    SAMPLING_DEFAULTS,
+    MiniDallePipeline,
+    PipelineOutput,
+    check_prompts,
+    resolve_model,
+)
 
 __all__ = [
+    "BUNDLED_MODELS",
     "DEFAULT_MODEL",
+    "SAMPLING_DEFAULTS",
     "MiniDallePipeline",
     "PipelineOutput",
     "check_compatible",
     "check_prompts",
     "export_pipeline",
     "load_pipeline_parts",
+    "resolve_model",
     "save_pipeline",
 ]

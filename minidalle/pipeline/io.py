@@ -6,6 +6,8 @@
       image_tokenizer/     an image tokenizer, e.g. minidalle's DiscreteVAE (config.json + model.safetensors)
       text_tokenizer/      the BPE text tokenizer (tokenizer.json, ...)
       prior/               minidalle.prior.Prior (config.json + model.safetensors)
+      training_info.json   (from train_prior.py) which step the weights are and why: the best validation or the
+                           last step; for people, never read when loading
 
 Loading checks the index names a MiniDallePipeline, that the prior was trained
 on codes of *this* image tokenizer (the content hash it recorded) and that the
@@ -109,6 +111,10 @@ def load_pipeline_parts(
     if not folder.is_dir():
         raise UserError(f"{folder}: no such pipeline folder")
     missing = [name for name in (INDEX_NAME, *PARTS) if not (folder / name).exists()]
+    if missing and is_pipeline_folder(folder / "pipeline"):
+        raise UserError(
+            f"{folder}: a training run's folder, not a pipeline; the pipeline it wrote is {folder / 'pipeline'}"
+        )
     if missing:
         raise UserError(f"{folder}: not a complete pipeline folder (missing {', '.join(missing)})")
     read_index(folder)

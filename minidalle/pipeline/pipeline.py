@@ -31,6 +31,24 @@ from .io import load_pipeline_parts
 logger = logging.getLogger("minidalle")
 
 DEFAULT_MODEL = Path(__file__).resolve().parents[1] / "default_model"
+# the bundled models by name ("default": what sample.py's manifest calls the model used without --model)
+BUNDLED_MODELS = {"shapes": DEFAULT_MODEL, "default": DEFAULT_MODEL}
+# how sample.py samples (and the prior trainer's preview grids, so that they show what sample.py gives);
+# a library call of the pipeline samples plainly: one candidate, no re-ranking
+SAMPLING_DEFAULTS = {"guidance_scale": 1.5, "temperature": 0.3, "top_k": 0, "top_p": 1.0, "num_candidates": 8}
+
+
+def resolve_model(model: str | Path | None) -> Path:
+    """A pipeline folder, or a bundled model's name (`shapes`, `default`); None: the bundled default.
+    A folder of that name is taken over the bundled model only when it holds a model (a pipeline's
+    model_index.json or a model's config.json): `--data shapes --init_from shapes` means the bundled one."""
+    if model is None or model == "":
+        return DEFAULT_MODEL
+    folder = Path(model)
+    holds_a_model = (folder / "model_index.json").is_file() or (folder / "config.json").is_file()
+    if str(model) in BUNDLED_MODELS and not holds_a_model:
+        return BUNDLED_MODELS[str(model)]
+    return folder
 
 
 @dataclass
@@ -86,8 +104,9 @@ class MiniDallePipeline:
     def from_pretrained(
         cls, folder: str | Path | None = None, device: str | torch.device | None = None
     ) -> MiniDallePipeline:
-        """Load a pipeline folder (`train_prior.py`'s OUTPUT_DIR/pipeline); None: the bundled default model."""
-        folder = DEFAULT_MODEL if folder is None else Path(folder)
+        """Load a pipeline folder (`train_prior.py`'s OUTPUT_DIR/pipeline) or a bundled model by name
+        (`BUNDLED_MODELS`); None: the bundled default model."""
+        folder = resolve_model(folder)
         if device is None:
             device = "cuda" if torch.cuda.is_available() else "cpu"
         image_tokenizer, text_tokenizer, prior = load_pipeline_parts(folder)
@@ -125,10 +144,10 @@ class MiniDallePipeline:
         self,
         prompts: Sequence[str] | str,
         num_images_per_prompt: int = 1,
-        guidance_scale: float = 1.5,
-        temperature: float = 0.3,
-        top_k: int = 0,
-        top_p: float = 1.0,
+        guidance_scale: float = SAMPLING_DEFAULTS["guidance_scale"],
+        temperature: float = SAMPLING_DEFAULTS["temperature"],
+        top_k: int = SAMPLING_DEFAULTS["top_k"],
+        top_p: float = SAMPLING_DEFAULTS["top_p"],
         seed: int | None = None,
         batch_size: int = 16,
         init_image=None,

@@ -97,14 +97,17 @@ def encode_to_disk(
     out_dir: str | Path,
     batch_size: int = 256,
     progress: bool = True,
+    ds=None,
 ) -> Path:
-    """Encode `data_args.data` with `tokenizer` (a model or its folder) and save codes + captions to `out_dir`."""
+    """Encode `data_args.data` with `tokenizer` (a model or its folder) and save codes + captions to `out_dir`;
+    `ds`: the dataset, already loaded and validated by `load_captioned_dataset` (with captions)."""
     check_replaceable(out_dir, is_codes_folder, "an encoded dataset")  # before any work
     if not isinstance(tokenizer, ImageTokenizer):
         tokenizer = load_image_tokenizer(tokenizer)
     if data_args.resolution != tokenizer.config.image_size:
         data_args = DataArguments(**{**asdict(data_args), "resolution": tokenizer.config.image_size})
-    ds = load_captioned_dataset(data_args, require_captions=True)
+    if ds is None:
+        ds = load_captioned_dataset(data_args, require_captions=True)
     codes = encode_dataset(tokenizer, ds, data_args, batch_size, progress)
     info = {
         "data_fingerprint": data_fingerprint(data_args),

@@ -42,6 +42,20 @@ def train_loader(dataset, args: TrainingArguments) -> torch.utils.data.DataLoade
     )
 
 
+def check_batch_fits(n_train: int, args: TrainingArguments, num_processes: int, held_out: int = 0) -> None:
+    """Refuse, before any expensive step, a training set smaller than one batch (the loader drops the last,
+    partial batch of each epoch, so such a set would give no batch at all); the message gives both numbers."""
+    per_step = args.batch_size * num_processes
+    if n_train >= per_step:
+        return
+    held = f" ({n_train + held_out} less {held_out} held out for validation)" if held_out else ""
+    processes = f" x {num_processes} processes" if num_processes > 1 else ""
+    raise UserError(
+        f"the training set has {n_train} examples{held}, fewer than one batch (--batch_size {args.batch_size}"
+        f"{processes}); lower --batch_size to {max(n_train // num_processes, 1)} or less, or add examples"
+    )
+
+
 def endless_batches(dataloader, accelerator: Accelerator, start_step: int) -> Iterator:
     """Batches forever, epoch after epoch; on resume, skip what `start_step` optimizer steps consumed.
 
@@ -51,7 +65,12 @@ def endless_batches(dataloader, accelerator: Accelerator, start_step: int) -> It
     per_step = accelerator.gradient_accumulation_steps
     batches_per_epoch = len(dataloader)
     if batches_per_epoch == 0:
-        raise UserError("the dataset is smaller than one batch; lower --batch_size")
+        size = len(dataloader.dataset) if hasattr(dataloader, "dataset") else "too few"
+        raise UserError(
+            f"the training set has {size} examples, fewer than one batch (--batch_size {dataloader.batch_size}"
+            f"{f' x {accelerator.num_processes} processes' if accelerator.num_processes > 1 else ''}); "
+            "lower --batch_size"
+        )
     epoch, skip = divmod(start_step * per_step, batches_per_epoch)
     while True:
         dataloader.set_epoch(epoch)
@@ -167,7 +186,8 @@ def train_loop(
     skipped for all. `metrics` maps names to tensors averaged on the device over each
     logging window (no host sync inside a step). `on_log(step, means) -> dict` adds
     figures derived from the window means; `on_step(step)` runs after every optimizer
-    step (pictures, evaluation). The learning rates are pure functions of the step.
+    step (pictures, evaluation) and ends the loop by returning True (early stopping: the
+    same answer on every process). The learning rates are pure functions of the step.
     """
     from tqdm.auto import tqdm
 
@@ -271,8 +291,8 @@ def _steps(accelerator, args, parts, loader, state, step_fn, on_log, on_step, ba
             log.log(state.step, figures)
             bar.set_postfix({k: f"{figures[k]:.4g}" for k in list(figures)[:3]})
             window, count = {}, 0
-        if on_step is not None:
-            on_step(state.step)
+        if on_step is not None and on_step(state.step):  # early stopping: the trainer saves and exports
+            break
         if args.checkpointing_steps and state.step % args.checkpointing_steps == 0 and state.step < args.max_steps:
             save_checkpoint(accelerator, args, state.step)
         if state.step < args.max_steps and stop.requested(accelerator):

@@ -22,20 +22,22 @@ from pathlib import Path
 
 import torch
 
-from ..data import DataArguments
+from ..data import DataArguments, load_captioned_dataset
 from ..data.loading import data_fingerprint, seeded_holdout
 from ..errors import UserError
 from ..image_tokenizers import ImageTokenizer, load_image_tokenizer
 from ..images import save_image_grid
 from ..metrics import bits_per_dim
 from ..options import arg
-from ..pipeline.io import check_compatible, load_pipeline_parts, save_pipeline
-from ..prior import PRESETS, Prior, PriorConfig, sample_codes
+from ..pipeline import SAMPLING_DEFAULTS, MiniDallePipeline, resolve_model
+from ..pipeline.io import check_compatible, is_pipeline_folder, load_pipeline_parts, save_pipeline
+from ..prior import PRESETS, Prior, PriorConfig
 from ..text import encode_captions, load_text_tokenizer, token_lengths, train_text_tokenizer
 from . import runtime
+from .best import INFO_NAME, BestModel, agree, write_info
 from .checkpoints import restore_state, save_checkpoint
 from .encode import encode_to_disk, load_codes
-from .loop import TrainPart, train_loader, train_loop
+from .loop import TrainPart, check_batch_fits, train_loader, train_loop
 from .runtime import TrainingArguments
 
 logger = logging.getLogger("minidalle")
@@ -49,7 +51,11 @@ class PriorArguments:
     text_tokenizer: str = arg(
         "", help="A saved text tokenizer; default: train a BPE on the captions (or keep --init_from's)."
     )
-    init_from: str = arg("", help="Fine-tune: a pipeline folder (or its prior/) to start from; keeps its tokenizers.")
+    init_from: str = arg(
+        "",
+        help="Fine-tune: a pipeline folder (or its prior/), or a bundled model's name (shapes), to start from; "
+        "keeps its tokenizers.",
+    )
     codes: str = arg("", help="An encoded dataset (`minidalle encode`); default: encode --data once and cache it.")
     text_len: int = arg(
         32, help="Text tokens per caption (longer captions are truncated with a counted warning).", minimum=1
@@ -63,8 +69,12 @@ class PriorArguments:
     )
     loss_img_weight: float = arg(7.0, help="w in (L_text + w * L_image) / (1 + w).", minimum=0)
     freeze_blocks: int = arg(
-        0, help="Fine-tuning: keep the first N transformer blocks (and the embeddings) fixed.", minimum=0
+        0,
+        help="Fine-tuning: keep the first N transformer blocks fixed (the embeddings stay trainable, so that "
+        "new words' byte pieces can be learned, unless --freeze_embeddings).",
+        minimum=0,
     )
+    freeze_embeddings: bool = arg(False, help="Fine-tuning: keep the token and position embeddings fixed.")
     gradient_checkpointing: bool = arg(
         False, help="Recompute activations in the backward pass: less memory, slower steps."
     )
@@ -76,18 +86,43 @@ class PriorArguments:
         500, help="Without --eval_data/--eval_split: examples held out of --data (a seeded shuffle).", minimum=0
     )
     eval_steps: int = arg(500, help="Validate (image-token NLL, bits/dim) and draw samples every N steps.", minimum=0)
+    save_best: bool = arg(
+        True,
+        help="With validation (--eval_steps and held-out examples): OUTPUT_DIR/pipeline is the model of the "
+        "best validation image NLL (its training_info.json says which step); the last step's weights stay in "
+        "the last checkpoint. --no_save_best: the last step's model.",
+    )
+    early_stopping_patience: int = arg(
+        0, help="Stop after N evaluations in a row without a better validation image NLL (0: never).", minimum=0
+    )
     sample_prompts: str = arg("", help="Prompts for the sample grids, separated by '|' (default: 4 held-out captions).")
-    guidance_scale: float = arg(3.0, help="Classifier-free guidance scale for the sample grids.")
+    guidance_scale: float = arg(
+        SAMPLING_DEFAULTS["guidance_scale"], help="Classifier-free guidance for the sample grids (sample.py's default)."
+    )
+    temperature: float = arg(
+        SAMPLING_DEFAULTS["temperature"], help="Sampling temperature for the sample grids (sample.py's).", minimum=0
+    )
+    num_candidates: int = arg(
+        SAMPLING_DEFAULTS["num_candidates"],
+        help="Candidates re-ranked per image of the sample grids (sample.py's; 1: none).",
+        minimum=1,
+    )
     image_positions: str = arg(
         "rowcol", help="How image positions are embedded: rowcol (row + column, 2-D) or flat (1-D)."
     )
 
 
 def _codes_cache(
-    data_args: DataArguments, prior_args: PriorArguments, tokenizer: ImageTokenizer, out_dir: Path, accelerator
+    data_args: DataArguments,
+    prior_args: PriorArguments,
+    tokenizer: ImageTokenizer,
+    out_dir: Path,
+    accelerator,
+    check_count=None,
 ):
     """The encode-once cache: `--codes`, or DATA/.minidalle-codes/<hash>-<split>, built on first use and rebuilt
-    (with a log line saying why) when the data's content changed since (`data_fingerprint`)."""
+    (with a log line saying why) when the data's content changed since (`data_fingerprint`). Before anything is
+    encoded the data is loaded and checked (captions, images) and `check_count(number of examples)` runs."""
     h = tokenizer.codes_hash()
     if prior_args.codes:
         return load_codes(prior_args.codes, expected_hash=h)
@@ -101,6 +136,9 @@ def _codes_cache(
     stale = info_path.is_file() and json.loads(info_path.read_text()).get("data_fingerprint") != fingerprint
     if not info_path.is_file() or stale:
         if accelerator.is_main_process:
+            ds = load_captioned_dataset(_at_resolution(data_args, tokenizer), require_captions=True)
+            if check_count is not None:
+                check_count(len(ds))
             if stale:
                 logger.info(
                     "the codes cache %s was made from other images or captions than %s holds now: encoding again",
@@ -108,15 +146,25 @@ def _codes_cache(
                     data_args.data,
                 )
             logger.info("encoding %s once with image tokenizer %s -> %s", data_args.data, h, cache)
-            encode_to_disk(tokenizer, data_args, cache)
+            encode_to_disk(tokenizer, data_args, cache, ds=ds)
         accelerator.wait_for_everyone()
     return load_codes(cache, expected_hash=h)
 
 
+def _at_resolution(data_args: DataArguments, tokenizer: ImageTokenizer) -> DataArguments:
+    return dataclasses.replace(data_args, resolution=tokenizer.image_size)
+
+
 def _load_start(prior_args: PriorArguments):
-    """(image tokenizer, text tokenizer or None, prior or None) from --init_from / --image_tokenizer."""
+    """(image tokenizer, text tokenizer or None, prior or None, what --init_from named, for the log) from
+    --init_from / --image_tokenizer."""
     if prior_args.init_from:
-        folder = Path(prior_args.init_from)
+        folder = resolve_model(prior_args.init_from)
+        if not (folder / "model_index.json").is_file() and is_pipeline_folder(folder / "pipeline"):
+            raise UserError(
+                f"--init_from {prior_args.init_from}: a training run's folder, not a pipeline; "
+                f"use --init_from {folder / 'pipeline'}"
+            )
         if (folder / "model_index.json").is_file():
             image_tokenizer, text_tokenizer, prior = load_pipeline_parts(folder)
             prior_args.image_tokenizer = prior_args.image_tokenizer or str(folder / "image_tokenizer")
@@ -128,10 +176,20 @@ def _load_start(prior_args: PriorArguments):
             check_compatible(prior, image_tokenizer, None, str(folder))
         if prior_args.image_tokenizer and Path(prior_args.image_tokenizer) != folder / "image_tokenizer":
             check_compatible(prior, load_image_tokenizer(prior_args.image_tokenizer), None, prior_args.image_tokenizer)
-        return image_tokenizer, text_tokenizer, prior
+        if folder != Path(prior_args.init_from):
+            source = f"the bundled model {prior_args.init_from!r} ({folder})"
+        elif text_tokenizer is None:
+            source = f"the prior {folder}, with the image tokenizer {prior_args.image_tokenizer}"
+        else:
+            source = f"the pipeline {folder}"
+        if (folder / INFO_NAME).is_file():
+            info = json.loads((folder / INFO_NAME).read_text())
+            source += f" (its step {info.get('step')}, {info.get('selected_by')})"
+        text = "and text tokenizer" if text_tokenizer is not None else "(the text tokenizer: trained here or given)"
+        return image_tokenizer, text_tokenizer, prior, f"{source}: its prior, image tokenizer {text}"
     if not prior_args.image_tokenizer:
         raise UserError("--image_tokenizer is required (the folder train_tokenizer.py wrote), or --init_from")
-    return load_image_tokenizer(prior_args.image_tokenizer), None, None
+    return load_image_tokenizer(prior_args.image_tokenizer), None, None, ""
 
 
 def train(
@@ -144,8 +202,20 @@ def train(
     )
     data_args, args, prior_args = sections["data"], sections["training"], sections["prior"]
     is_main = accelerator.is_main_process
-    image_tokenizer, text_tokenizer, init_prior = _load_start(prior_args)
-    codes_ds, codes_info = _codes_cache(data_args, prior_args, image_tokenizer, out_dir, accelerator)
+    if not prior_args.init_from and args.preset not in PRESETS:  # before anything is encoded or trained
+        raise UserError(f"--preset must be one of {', '.join(PRESETS)}, got {args.preset!r}")
+    image_tokenizer, text_tokenizer, init_prior, init_source = _load_start(prior_args)
+    layers = init_prior.config.layers if init_prior is not None else PRESETS[args.preset]["layers"]
+    if prior_args.freeze_blocks > layers:
+        raise UserError(f"--freeze_blocks {prior_args.freeze_blocks}: the prior has only {layers} blocks")
+    separate_eval = bool(prior_args.eval_data or prior_args.eval_split)
+
+    def check_count(n: int) -> None:  # the training set against one batch, with the hold-out taken out
+        held = 0 if separate_eval else min(prior_args.eval_examples, n // 10)
+        check_batch_fits(n - held, args, accelerator.num_processes, held)
+
+    codes_ds, codes_info = _codes_cache(data_args, prior_args, image_tokenizer, out_dir, accelerator, check_count)
+    check_count(len(codes_ds))
     captions = list(codes_ds.with_format(None)["caption"])
 
     # ---- text tokenizer: given, inherited, or trained here on the captions (main process), then shared
@@ -176,8 +246,6 @@ def train(
         model.config.caption_dropout = prior_args.caption_dropout
         model.config.loss_img_weight = prior_args.loss_img_weight
     else:
-        if args.preset not in PRESETS:
-            raise UserError(f"--preset must be one of {', '.join(PRESETS)}, got {args.preset!r}")
         config = PriorConfig(
             text_vocab_size=len(text_tokenizer),
             text_len=prior_args.text_len,
@@ -196,14 +264,15 @@ def train(
         raise UserError(
             f"the text tokenizer has {len(text_tokenizer)} tokens, more than the prior's {model.config.text_vocab_size}"
         )
-    if prior_args.freeze_blocks:
-        frozen = [*model.embedding_modules(), *model.blocks[: prior_args.freeze_blocks]]
-        for module in frozen:
-            module.requires_grad_(False)
+    frozen = [*model.blocks[: prior_args.freeze_blocks]]
+    if prior_args.freeze_embeddings:
+        frozen += model.embedding_modules()
+    for module in frozen:
+        module.requires_grad_(False)
     text_tokens = model.text_tokens(text_ids, text_tokenizer.pad_token_id)
     image_codes = torch.as_tensor(codes_ds.with_format("numpy")[:]["codes"]).long()  # (N, h*w)
 
-    if prior_args.eval_data or prior_args.eval_split:
+    if separate_eval:
         eval_args = dataclasses.replace(
             data_args,
             data=prior_args.eval_data or data_args.data,
@@ -279,43 +348,112 @@ def train(
         )
         return {"tokens_seen": tokens * step}
 
-    def on_step(step: int) -> None:
-        due = prior_args.eval_steps and (step % prior_args.eval_steps == 0 or step == args.max_steps)
-        if due and is_main and n_eval:
-            result = validate(raw_model, eval_text, eval_codes, pixels_per_image)
-            log_path = out_dir / "log.jsonl"
-            with open(log_path, "a", encoding="utf-8") as f:
-                f.write(json.dumps({"step": step, **result}) + "\n")
-            accelerator.log(result, step=step)
+    def evaluate(step: int, when: str = "") -> dict:
+        """Validate (main process), with a log.jsonl row, the trackers and a log line."""
+        result = validate(raw_model, eval_text, eval_codes, pixels_per_image)
+        with open(out_dir / "log.jsonl", "a", encoding="utf-8") as f:
+            f.write(json.dumps({"step": step, **result}) + "\n")
+        accelerator.log(result, step=step)
+        logger.info(
+            "step %d%s: validation image NLL %.4f nats/token = %.4f bits/token, %.4f bits/dim",
+            step,
+            when,
+            result["val_image_nll"],
+            result["val_bits_per_image_token"],
+            result["val_bits_per_dim"],
+        )
+        return result
+
+    final = out_dir / "pipeline"
+    best = BestModel("val_image_nll", patience=prior_args.early_stopping_patience)
+    best.replay(out_dir, state.step)
+    keep_best = prior_args.save_best and n_eval > 0 and prior_args.eval_steps > 0
+    if is_main:
+        if init_prior is not None:
+            logger.info("fine-tuning from %s", init_source)
+        logger.info(_frozen_line(raw_model, prior_args))
+        if init_prior is not None and n_eval and state.step == 0:
+            evaluate(0, " (before fine-tuning)")
+        if n_eval and prior_args.eval_steps:
+            kept = "the best validation image NLL (--save_best)" if keep_best else "the last step (--no_save_best)"
             logger.info(
-                "step %d: validation image NLL %.4f nats/token = %.4f bits/token, %.4f bits/dim",
-                step,
-                result["val_image_nll"],
-                result["val_bits_per_image_token"],
-                result["val_bits_per_dim"],
+                "validating every %d steps on %d examples; %s will be %s", prior_args.eval_steps, n_eval, final, kept
             )
-            save_samples(
-                raw_model,
-                image_tokenizer,
-                text_tokenizer,
-                prompts,
-                out_dir / "samples" / f"samples-step-{step:07d}.png",
-                prior_args.guidance_scale,
-                seed=args.seed,
-            )
+    sampling = {
+        "guidance_scale": prior_args.guidance_scale,
+        "temperature": prior_args.temperature,
+        "top_k": SAMPLING_DEFAULTS["top_k"],
+        "top_p": SAMPLING_DEFAULTS["top_p"],
+        "num_candidates": prior_args.num_candidates,
+    }
+
+    def on_step(step: int) -> bool:
+        due = prior_args.eval_steps and (step % prior_args.eval_steps == 0 or step == args.max_steps)
+        if not (due and n_eval):
+            return False
+        stop = False
+        if is_main:
+            result = evaluate(step)
+            if best.update(step, result) and keep_best:
+                save_pipeline(final, image_tokenizer, text_tokenizer, raw_model)
+                write_info(final, best.info())
+                logger.info("step %d: the best validation so far; saved the pipeline to %s", step, final)
+            path = out_dir / "samples" / f"samples-step-{step:07d}.png"
+            save_samples(raw_model, image_tokenizer, text_tokenizer, prompts, path, seed=args.seed, **sampling)
+            stop = best.stop
+        if agree(accelerator, stop):
+            if is_main:
+                logger.warning(best.stopping_line(step))
+            return True
+        return False
 
     train_loop(accelerator, args, [TrainPart(model, optimizer)], loader, state, step_fn, on_log, on_step, desc="prior")
-    save_checkpoint(accelerator, args, state.step)
-    runtime.write_run_summary(accelerator, args, model, state.step)
-    final = out_dir / "pipeline"
+    last_checkpoint = save_checkpoint(accelerator, args, state.step)
+    extra = {"best_step": best.best_step} if keep_best else {}
+    runtime.write_run_summary(
+        accelerator, args, model, state.step, {**extra, "early_stopped": state.step < args.max_steps}
+    )
     if is_main:
-        save_pipeline(final, image_tokenizer.cpu(), text_tokenizer, raw_model.cpu().eval())
-        if n_eval:
-            result = {"step": state.step, **validate(raw_model, eval_text, eval_codes, pixels_per_image)}
-            (out_dir / "eval.json").write_text(json.dumps(result, indent=2) + "\n")
-        logger.info("saved the pipeline to %s", final)
+        last = validate(raw_model, eval_text, eval_codes, pixels_per_image) if n_eval else {}
+        if keep_best and best.best_step is not None and is_pipeline_folder(final):
+            info = best.info(state.step)
+            write_info(final, info)
+            (out_dir / "eval.json").write_text(json.dumps({**info, "last": last}, indent=2) + "\n")
+            last_line = (
+                "the last step"
+                if best.best_step == state.step
+                else f"the last step's ({state.step}, {last['val_image_nll']:.4f}) weights are in {last_checkpoint}"
+            )
+            logger.info(
+                "%s is the step-%d model, the best validation image NLL (%.4f nats/token); %s",
+                final,
+                best.best_step,
+                best.best["val_image_nll"],
+                last_line,
+            )
+        else:
+            save_pipeline(final, image_tokenizer.cpu(), text_tokenizer, raw_model.cpu().eval())
+            write_info(final, {"step": state.step, "selected_by": "the last step", **last})
+            if n_eval:
+                (out_dir / "eval.json").write_text(json.dumps({"step": state.step, **last}, indent=2) + "\n")
+            logger.info("saved the pipeline (the step-%d model) to %s", state.step, final)
     runtime.end_run(accelerator)
     return final
+
+
+def _frozen_line(model: Prior, prior_args: PriorArguments) -> str:
+    """What fine-tuning trains: the frozen parts and the trainable parameter count."""
+    n, blocks = prior_args.freeze_blocks, len(model.blocks)
+    parts = [f"block{'s' if n > 1 else ''} {f'0-{n - 1}' if n > 1 else '0'} of {blocks}"] if n else []
+    if prior_args.freeze_embeddings:
+        parts.append("the token and position embeddings")
+    note = " (the embeddings stay trainable: --freeze_embeddings fixes them)" if n and not parts[1:] else ""
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = model.num_parameters()
+    return (
+        f"frozen: {' and '.join(parts) or 'nothing'}{note}; trainable parameters: {trainable / 1e6:.3f}M of "
+        f"{total / 1e6:.3f}M ({100 * trainable / total:.1f}%)"
+    )
 
 
 @torch.no_grad()
@@ -341,21 +479,22 @@ def validate(
     }
 
 
-@torch.no_grad()
 def save_samples(
-    prior, image_tokenizer, text_tokenizer, prompts, path, guidance_scale: float, seed: int = 0, per_prompt: int = 4
+    prior, image_tokenizer, text_tokenizer, prompts, path, seed: int = 0, per_prompt: int = 4, **sampling
 ) -> None:
-    """A PNG grid: one row of `per_prompt` samples per prompt (a simple sampler; sample.py has the full one)."""
+    """A PNG grid, one row of `per_prompt` images per prompt, drawn as sample.py draws them: through the
+    pipeline, with `sampling` (guidance_scale, temperature, top_k, top_p, num_candidates; sample.py's
+    defaults by default) and `--seed seed`; beside it a JSON of the prompts, the settings and each pmi."""
+    sampling = {**SAMPLING_DEFAULTS, **sampling}
     was_training = prior.training
-    prior.eval()
     device = next(prior.parameters()).device
-    ids, _ = encode_captions(
-        text_tokenizer, [p for p in prompts for _ in range(per_prompt)], prior.config.text_len, warn=False
-    )
-    tokens = prior.text_tokens(ids.to(device), text_tokenizer.pad_token_id)
-    generator = torch.Generator(device=device).manual_seed(seed)
-    codes = sample_codes(prior, tokens, guidance_scale=guidance_scale, generator=generator)
-    images = image_tokenizer.decode(codes).cpu()
-    prior.train(was_training)
+    pipe = MiniDallePipeline(image_tokenizer, text_tokenizer, prior, device)  # puts the prior in eval mode
+    try:
+        result = pipe(prompts, num_images_per_prompt=per_prompt, seed=seed, **sampling)
+    finally:
+        prior.train(was_training)
+    images = pipe._pixels(result.images).cpu()
     save_image_grid(list(images.split(per_prompt)), path)
-    (Path(path).with_suffix(".txt")).write_text("\n".join(prompts) + "\n")
+    settings = {"prompts": list(prompts), "num_images_per_prompt": per_prompt, "seed": seed, **sampling}
+    settings["pmi"] = None if result.scores is None else [round(v, 4) for v in result.scores]
+    Path(path).with_suffix(".json").write_text(json.dumps(settings, indent=2, ensure_ascii=False) + "\n")

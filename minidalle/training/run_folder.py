@@ -60,6 +60,11 @@ RUN_CONTROL = {
     "num_workers",
     "max_nonfinite_steps",
     "threads",
+    # what the sample grids draw: not what is trained
+    "sample_prompts",
+    "guidance_scale",
+    "temperature",
+    "num_candidates",
 }
 
 

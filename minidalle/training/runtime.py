@@ -17,6 +17,7 @@ from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_
 from ..errors import UserError, require_cpu_compiler
 from ..folders import writable_folder
 from ..options import arg, check_bounds
+from ..threads import use_threads
 from .checkpoints import checkpoint_dirs
 from .run_folder import clear_earlier_run, open_run_folder
 
@@ -69,6 +70,12 @@ class TrainingArguments:
         help="Compile the model's forward with torch.compile (inductor), in place: checkpoints keep the same "
         "keys and resume either way; random draws (Gumbel noise) come from inductor's own stream, so a compiled run "
         "is not step-for-step the eager one. Compilation takes a while first; see the README for when it pays.",
+    )
+    threads: int = arg(
+        0,
+        help="CPU threads for torch (0: torch's default, one per core); on a machine another process keeps busy, "
+        "1 can be several times faster (see the README).",
+        minimum=0,
     )
     max_nonfinite_steps: int = arg(
         10,
@@ -144,13 +151,16 @@ def make_accelerator(args: TrainingArguments) -> Accelerator:
 
 def start_run(sections: dict, explicit: set[str] | None) -> tuple[dict, Accelerator, Path]:
     """The prologue both trainers share, before any work: every bound checked, the run folder opened (new,
-    resumed with its saved configuration, or overwritten: `run_folder`), the Accelerator made and the output
+    resumed with its saved configuration, or overwritten: `run_folder`), torch's threads set (`--threads`, with a
+    log line saying the count), the Accelerator made and the output
     folder proved writable. `sections` holds the argument dataclasses by train_config.json's names
     ("data", "training", and the trainer's own); returns them as resolved, the Accelerator and the folder."""
     for arguments in sections.values():
         check_bounds(arguments)
     sections, stale = open_run_folder(sections["training"], sections, explicit)
+    threads = use_threads(sections["training"].threads)  # before any work
     accelerator = make_accelerator(sections["training"])
+    logger.info("%s, %d process(es)", threads, accelerator.num_processes)
     out_dir = writable_folder(sections["training"].output_dir, "--output_dir")
     clear_earlier_run(accelerator, out_dir, stale)
     return sections, accelerator, out_dir

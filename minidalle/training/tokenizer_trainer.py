@@ -37,8 +37,10 @@ from ..images import save_image_grid
 from ..metrics import codebook_stats, psnr
 from ..options import arg
 from . import runtime, schedules
+from .advice import collapse_advice, say_the_grid
+from .best import BestModel, agree, write_info
 from .checkpoints import restore_state, save_checkpoint
-from .loop import TrainPart, train_loader, train_loop
+from .loop import TrainPart, check_batch_fits, train_loader, train_loop
 from .runtime import TrainingArguments
 
 logger = logging.getLogger("minidalle")
@@ -120,6 +122,17 @@ class TokenizerArguments:
     )
     eval_examples: int = arg(
         256, help="Without --eval_data/--eval_split: examples held out of --data (a seeded shuffle).", minimum=0
+    )
+    eval_steps: int = arg(
+        0, help="Held-out PSNR and codebook use every N steps, in log.jsonl (0: at the end only).", minimum=0
+    )
+    save_best: bool = arg(
+        True,
+        help="With --eval_steps: OUTPUT_DIR/image_tokenizer is the model of the best held-out PSNR (with a "
+        "discriminator, from --disc_start on); its training_info.json says which step. --no_save_best: the last.",
+    )
+    early_stopping_patience: int = arg(
+        0, help="With --eval_steps: stop after N evaluations in a row without a better PSNR (0: never).", minimum=0
     )
 
     def model_config(self, preset: str, resolution: int) -> DVAEConfig:
@@ -234,6 +247,8 @@ def train(
             )
     else:
         start, config = None, tok_args.model_config(args.preset, data_args.resolution)
+        if is_main:
+            say_the_grid(args.preset, config, bool(tok_args.widths))
 
     # ---- data: validated before any step
     ds = load_captioned_dataset(data_args, require_captions=False)
@@ -254,6 +269,7 @@ def train(
         eval_ds = ds.select(indices) if n_eval else None
         ds = ds.select(sorted(set(range(len(ds))) - set(indices)))
         holdout = {"seed": args.seed, "indices": indices}
+    check_batch_fits(len(ds), args, accelerator.num_processes, len(holdout.get("indices", [])))
     train_set = _image_source(data_args, ds, progress=is_main, seed=args.seed)
     eval_images = load_image_tensor(eval_ds, data_args, progress=False).float() / 255 if eval_ds is not None else None
     loader = train_loader(train_set, args)
@@ -369,20 +385,52 @@ def train(
         tau, beta = schedules_at(step - 1)
         stats = codebook_stats(means["code_histogram"])
         if stats["codebook_usage"] < COLLAPSE_USAGE and is_main:
-            if alarms % 10 == 0:  # say it, but not at every log line
+            if alarms % 10 == 0:  # say it, but not at every log line; the advice once
                 logger.warning(
-                    "codebook collapse alarm at step %d: only %.1f%% of %d codes used (%d dead)",
+                    "codebook collapse alarm at step %d: only %.1f%% of %d codes used (%d dead)%s",
                     step,
                     100 * stats["codebook_usage"],
                     config.num_codes,
                     stats["dead_codes"],
+                    f"; {collapse_advice(tok_args, args, tau, beta, tau_steps)}" if alarms == 0 else "",
                 )
             alarms += 1
         return {"psnr": psnr(means["mse"]), "temperature": tau, "kl_weight": beta, **stats}
 
-    def on_step(step: int) -> None:
+    final = out_dir / "image_tokenizer"
+    first = tok_args.disc_start if tok_args.disc_weight > 0 else 1  # a GAN lowers PSNR by design: compare after
+    best = BestModel("eval_psnr", lower_is_better=False, patience=tok_args.early_stopping_patience, first_step=first)
+    best.replay(out_dir, state.step)
+    keep_best = tok_args.save_best and eval_images is not None and tok_args.eval_steps > 0
+
+    def on_step(step: int) -> bool:
         if is_main and args.image_steps and (step % args.image_steps == 0 or step == args.max_steps):
             _save_preview(raw_model, preview, out_dir / "samples" / f"recon-step-{step:07d}.png")
+        due = tok_args.eval_steps and (step % tok_args.eval_steps == 0 or step == args.max_steps)
+        if not (due and eval_images is not None):
+            return False
+        stop = False
+        if is_main:
+            figures = evaluate(raw_model, eval_images.to(accelerator.device))
+            with open(out_dir / "log.jsonl", "a", encoding="utf-8") as f:
+                f.write(json.dumps({"step": step, **figures}) + "\n")
+            accelerator.log(figures, step=step)
+            logger.info(
+                "step %d: held-out PSNR %.2f dB, codebook usage %.1f%%",
+                step,
+                figures["eval_psnr"],
+                100 * figures["eval_codebook_usage"],
+            )
+            if best.update(step, figures) and keep_best:
+                raw_model.save_pretrained(final)
+                write_info(final, best.info())
+                logger.info("step %d: the best held-out PSNR so far; saved the image tokenizer to %s", step, final)
+            stop = best.stop
+        if agree(accelerator, stop):
+            if is_main:
+                logger.warning(best.stopping_line(step))
+            return True
+        return False
 
     train_loop(
         accelerator,
@@ -396,25 +444,47 @@ def train(
         desc="image tokenizer",
     )
 
-    save_checkpoint(accelerator, args, state.step)
-    runtime.write_run_summary(accelerator, args, model, state.step)
-    final = out_dir / "image_tokenizer"
+    last_checkpoint = save_checkpoint(accelerator, args, state.step)
+    extra = {"best_step": best.best_step} if keep_best else {}
+    runtime.write_run_summary(
+        accelerator, args, model, state.step, {**extra, "early_stopped": state.step < args.max_steps}
+    )
     if is_main:
-        raw_model.save_pretrained(final)
+        exported = raw_model
+        if keep_best and best.best_step is not None and (final / "config.json").is_file():
+            info = best.info(state.step)
+            exported = DiscreteVAE.from_pretrained(final).to(accelerator.device)
+            last_line = (
+                "the last step"
+                if best.best_step == state.step
+                else f"the last step's ({state.step}) weights are in {last_checkpoint}"
+            )
+            logger.info(
+                "%s is the step-%d model, the best held-out PSNR (%.2f dB); %s",
+                final,
+                best.best_step,
+                best.best["eval_psnr"],
+                last_line,
+            )
+        else:
+            info = {"step": state.step, "selected_by": "the last step"}
+            raw_model.save_pretrained(final)
+            logger.info("saved the image tokenizer (the step-%d model) to %s", state.step, final)
+        write_info(final, info)
         if eval_images is not None:
             distance = _evaluation_distance(accelerator.device)
             with torch.no_grad():
-                figures = evaluate(raw_model, eval_images.to(accelerator.device), perceptual=distance)
-            result = {"step": state.step, **figures}
+                figures = evaluate(exported, eval_images.to(accelerator.device), perceptual=distance)
+            result = {**info, **figures}
             (out_dir / "eval.json").write_text(json.dumps(result, indent=2) + "\n")
-            accelerator.log({k: v for k, v in result.items() if k != "step"}, step=state.step)
+            accelerator.log(figures, step=state.step)
             logger.info(
-                "held-out PSNR %.2f dB, codebook usage %.1f%% (%d images)",
+                "held-out PSNR %.2f dB, codebook usage %.1f%% (%d images) of the step-%d model",
                 result["eval_psnr"],
                 100 * result["eval_codebook_usage"],
                 len(eval_images),
+                info["step"],
             )
-        logger.info("saved the image tokenizer to %s", final)
     runtime.end_run(accelerator)
     return final
 
