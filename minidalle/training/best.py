@@ -70,6 +70,16 @@ class BestModel:
         info = {"step": self.best_step, "selected_by": f"the {best} {self.metric} (--save_best)", **figures}
         return info if last_step is None else {**info, "last_step": last_step}
 
+    def kept_line(self, folder, step: int, best_figure: str, last_checkpoint, last_figure: str = "") -> str:
+        """The log line saying which step's model `folder` holds (`best_figure`, e.g. "the best held-out PSNR
+        (31.20 dB)") and where the last step's weights are."""
+        if self.best_step == step:
+            last = "the last step"
+        else:
+            figure = f", {last_figure}" if last_figure else ""
+            last = f"the last step's ({step}{figure}) weights are in {last_checkpoint}"
+        return f"{folder} is the step-{self.best_step} model, {best_figure}; {last}"
+
     def stopping_line(self, step: int) -> str:
         return (
             f"early stopping at step {step}: {self.metric} has not improved for {self.since_best} evaluations "

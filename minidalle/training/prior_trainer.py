@@ -419,18 +419,8 @@ def train(
             info = best.info(state.step)
             write_info(final, info)
             (out_dir / "eval.json").write_text(json.dumps({**info, "last": last}, indent=2) + "\n")
-            last_line = (
-                "the last step"
-                if best.best_step == state.step
-                else f"the last step's ({state.step}, {last['val_image_nll']:.4f}) weights are in {last_checkpoint}"
-            )
-            logger.info(
-                "%s is the step-%d model, the best validation image NLL (%.4f nats/token); %s",
-                final,
-                best.best_step,
-                best.best["val_image_nll"],
-                last_line,
-            )
+            figure = f"the best validation image NLL ({best.best['val_image_nll']:.4f} nats/token)"
+            logger.info(best.kept_line(final, state.step, figure, last_checkpoint, f"{last['val_image_nll']:.4f}"))
         else:
             save_pipeline(final, image_tokenizer.cpu(), text_tokenizer, raw_model.cpu().eval())
             write_info(final, {"step": state.step, "selected_by": "the last step", **last})

@@ -454,18 +454,8 @@ def train(
         if keep_best and best.best_step is not None and (final / "config.json").is_file():
             info = best.info(state.step)
             exported = DiscreteVAE.from_pretrained(final).to(accelerator.device)
-            last_line = (
-                "the last step"
-                if best.best_step == state.step
-                else f"the last step's ({state.step}) weights are in {last_checkpoint}"
-            )
-            logger.info(
-                "%s is the step-%d model, the best held-out PSNR (%.2f dB); %s",
-                final,
-                best.best_step,
-                best.best["eval_psnr"],
-                last_line,
-            )
+            figure = f"the best held-out PSNR ({best.best['eval_psnr']:.2f} dB)"
+            logger.info(best.kept_line(final, state.step, figure, last_checkpoint))
         else:
             info = {"step": state.step, "selected_by": "the last step"}
             raw_model.save_pretrained(final)
