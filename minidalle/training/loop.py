@@ -81,6 +81,12 @@ def endless_batches(dataloader, accelerator: Accelerator, start_step: int) -> It
         epoch, skip = epoch + 1, 0
 
 
+def append_log_row(output_dir: str | Path, step: int, figures: dict) -> None:
+    """One JSON line `{"step": step, **figures}` appended to `OUTPUT_DIR/log.jsonl` (call on the main process)."""
+    with open(Path(output_dir) / "log.jsonl", "a", encoding="utf-8") as f:
+        f.write(json.dumps({"step": step, **figures}) + "\n")
+
+
 class MetricsLog:
     """Appends one JSON object per logged step to `OUTPUT_DIR/log.jsonl` and to Accelerate trackers;
     `time` and `cpu_time` count seconds since this process started training (a resume starts again at 0)."""
@@ -93,13 +99,12 @@ class MetricsLog:
     def log(self, step: int, metrics: dict) -> None:
         metrics = {k: (round(v, 6) if isinstance(v, float) and math.isfinite(v) else v) for k, v in metrics.items()}
         if self.accelerator.is_main_process:
-            with open(self.path, "a", encoding="utf-8") as f:
-                # wall and CPU seconds (all threads of this process) since the run (or its resume) started
-                clock = {
-                    "time": round(time.time() - self.start, 2),
-                    "cpu_time": round(time.process_time() - self.start_cpu, 2),
-                }
-                f.write(json.dumps({"step": step, **clock, **metrics}) + "\n")
+            # wall and CPU seconds (all threads of this process) since the run (or its resume) started
+            clock = {
+                "time": round(time.time() - self.start, 2),
+                "cpu_time": round(time.process_time() - self.start_cpu, 2),
+            }
+            append_log_row(self.path.parent, step, {**clock, **metrics})
         self.accelerator.log(metrics, step=step)
 
 

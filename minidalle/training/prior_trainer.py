@@ -37,7 +37,7 @@ from . import runtime
 from .best import INFO_NAME, BestModel, agree, write_info
 from .checkpoints import restore_state, save_checkpoint
 from .encode import encode_to_disk, load_codes
-from .loop import TrainPart, check_batch_fits, train_loader, train_loop
+from .loop import TrainPart, append_log_row, check_batch_fits, train_loader, train_loop
 from .runtime import TrainingArguments
 
 logger = logging.getLogger("minidalle")
@@ -351,8 +351,7 @@ def train(
     def evaluate(step: int, when: str = "") -> dict:
         """Validate (main process), with a log.jsonl row, the trackers and a log line."""
         result = validate(raw_model, eval_text, eval_codes, pixels_per_image)
-        with open(out_dir / "log.jsonl", "a", encoding="utf-8") as f:
-            f.write(json.dumps({"step": step, **result}) + "\n")
+        append_log_row(out_dir, step, result)
         accelerator.log(result, step=step)
         logger.info(
             "step %d%s: validation image NLL %.4f nats/token = %.4f bits/token, %.4f bits/dim",

@@ -40,7 +40,7 @@ from . import runtime, schedules
 from .advice import collapse_advice, say_the_grid
 from .best import BestModel, agree, write_info
 from .checkpoints import restore_state, save_checkpoint
-from .loop import TrainPart, check_batch_fits, train_loader, train_loop
+from .loop import TrainPart, append_log_row, check_batch_fits, train_loader, train_loop
 from .runtime import TrainingArguments
 
 logger = logging.getLogger("minidalle")
@@ -412,8 +412,7 @@ def train(
         stop = False
         if is_main:
             figures = evaluate(raw_model, eval_images.to(accelerator.device))
-            with open(out_dir / "log.jsonl", "a", encoding="utf-8") as f:
-                f.write(json.dumps({"step": step, **figures}) + "\n")
+            append_log_row(out_dir, step, figures)
             accelerator.log(figures, step=step)
             logger.info(
                 "step %d: held-out PSNR %.2f dB, codebook usage %.1f%%",
