@@ -90,7 +90,9 @@ def test_resume_uses_the_saved_configuration_and_names_flags_that_differ(finishe
     resume = [*base(shapes_dir, finished), "--resume_from_checkpoint", "latest"]
     with pytest.raises(UserError, match=r"--learning_rate 0\.5 \(the run was started with 0\.002\)"):
         run([*resume, "--learning_rate", "0.5", "--max_steps", "9"])
-    run([*resume, "--max_steps", "9"])  # no --config: batch 8, lr 2e-3, kl 0.02 come from the run, not the defaults
+    # no --config: batch 8, lr 2e-3, kl 0.02 come from the run, not the defaults; `auto` precision, resolved when
+    # the run started, is the run's own choice again (the same command line resumes)
+    run([*resume, "--max_steps", "9", "--mixed_precision", "auto"])
     after = json.loads((finished / "train_config.json").read_text())
     for section in ("data", "tokenizer", "model"):
         assert after[section] == saved[section], section

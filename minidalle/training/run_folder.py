@@ -134,6 +134,8 @@ def _saved_configuration(out: Path, sections: dict[str, Any], explicit: set[str]
             before, now = saved[name][f.name], getattr(given, f.name)
             if explicit is not None and f.name not in explicit:
                 values[f.name] = before  # left out: the run's own value
+            elif f.name == "mixed_precision" and now == "auto":
+                values[f.name] = before  # `auto` was resolved when the run started; a resume keeps that choice
             elif now != before and f.name not in RUN_CONTROL:
                 if f.name == "max_steps" and now > before:
                     logger.info("resuming with --max_steps %d instead of the saved %d", now, before)
