@@ -326,3 +326,87 @@ def test_reconstruct_writes_a_grid_and_each_images_psnr(shapes_dir, tiny_image_t
     summary = json.loads((out / "reconstruct.json").read_text())
     assert summary["psnr_per_image_mean"] == pytest.approx(sum(r["psnr"] for r in rows) / len(rows), abs=1e-2)
     assert summary["psnr_per_image_min"] == pytest.approx(min(r["psnr"] for r in rows), abs=1e-2)
+
+
+# --- pictures reach the trackers -------------------------------------------------------------
+
+
+def tensorboard_images(out: Path) -> dict[str, list[tuple[int, tuple[int, int]]]]:
+    """Every image in the run's TensorBoard event files: tag -> [(step, (width, height))]."""
+    import io
+
+    from tensorboard.backend.event_processing.event_accumulator import IMAGES, EventAccumulator
+
+    found: dict[str, list] = {}
+    for events in out.rglob("events.out.tfevents.*"):
+        accumulator = EventAccumulator(str(events.parent), size_guidance={IMAGES: 0})
+        accumulator.Reload()
+        for tag in accumulator.Tags()[IMAGES]:
+            for event in accumulator.Images(tag):
+                size = Image.open(io.BytesIO(event.encoded_image_string)).size
+                found.setdefault(tag, []).append((event.step, size))
+    return found
+
+
+def test_reconstruction_grids_and_prior_samples_reach_tensorboard(shapes_dir, tiny_image_tokenizer_dir, tmp_path):
+    pytest.importorskip("tensorboard", reason="the `test` extra installs it")
+    tokenizer = tmp_path / "tokenizer"
+    run(
+        train_tokenizer_main,
+        tokenizer_argv(shapes_dir, tokenizer, "--report_to", "tensorboard", image_steps=3, max_steps=6),
+    )
+    on_disk = Image.open(tokenizer / "samples" / "recon-step-0000003.png").size
+    assert {tag: sorted(rows) for tag, rows in tensorboard_images(tokenizer).items()} == {
+        "reconstructions": [(3, on_disk), (6, on_disk)]
+    }
+    prior = tmp_path / "prior"
+    argv = prior_argv(
+        shapes_dir, prior, tiny_image_tokenizer_dir, "--report_to", "tensorboard", eval_steps=4, max_steps=4
+    )
+    run(train_prior_main, argv)
+    on_disk = Image.open(prior / "samples" / "samples-step-0000004.png").size
+    assert tensorboard_images(prior) == {"samples": [(4, on_disk)]}
+
+
+def test_a_tracker_without_images_is_skipped_and_a_failing_one_does_not_stop_the_run(tmp_path, caplog):
+    from accelerate import Accelerator
+    from accelerate.tracking import GeneralTracker
+
+    class Recorder(GeneralTracker):
+        name, requires_logging_directory = "recorder", False
+
+        def __init__(self, fail: bool = False):
+            super().__init__()
+            self.fail, self.images = fail, []
+
+        @property
+        def tracker(self):
+            return self
+
+        def store_init_configuration(self, values):
+            pass
+
+        def log(self, values, step=None, **kwargs):
+            pass
+
+        def log_images(self, values, step=None, **kwargs):
+            if self.fail:
+                raise ConnectionError("offline")
+            self.images += [(name, step, [image.size for image in images]) for name, images in values.items()]
+
+    class NoImages(Recorder):
+        name = "no-images"
+        log_images = None  # type: ignore[assignment]
+
+    from minidalle.training.loop import log_image
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    good, bad = Recorder(), Recorder(fail=True)
+    bad.name = "flaky"
+    accelerator = Accelerator(cpu=True, log_with=[good, bad, NoImages()])
+    accelerator.init_trackers("t")
+    picture = tmp_path / "grid.png"
+    Image.new("RGB", (40, 20), "red").save(picture)
+    log_image(accelerator, "samples", picture, 7)
+    assert good.images == [("samples", 7, [(40, 20)])]
+    assert "tracker flaky: could not log the image" in caplog.text and "offline" in caplog.text

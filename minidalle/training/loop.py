@@ -87,6 +87,29 @@ def append_log_row(output_dir: str | Path, step: int, figures: dict) -> None:
         f.write(json.dumps({"step": step, **figures}) + "\n")
 
 
+def log_image(accelerator: Accelerator, name: str, path: str | Path, step: int) -> None:
+    """Send a picture the run wrote (a PNG under OUTPUT_DIR/samples/) to every Accelerate tracker that takes
+    images (TensorBoard, W&B, Aim, ClearML, SwanLab): the same picture as on disk, at its step. A tracker that
+    cannot take one is skipped; one that fails is logged, never fatal to the run."""
+    if not accelerator.is_main_process:
+        return
+    import numpy as np
+    from PIL import Image
+
+    for tracker in accelerator.trackers:
+        if not callable(getattr(tracker, "log_images", None)):
+            continue
+        with Image.open(path) as opened:
+            image = opened.convert("RGB")
+        try:
+            if tracker.name == "tensorboard":  # SummaryWriter.add_images wants one array and its layout
+                tracker.log_images({name: np.asarray(image)[None]}, step=step, dataformats="NHWC")
+            else:
+                tracker.log_images({name: [image]}, step=step)
+        except Exception as exc:  # a tracker's own failure (network, API change) must not stop training
+            logger.warning("tracker %s: could not log the image %s (%s)", tracker.name, path, exc)
+
+
 class MetricsLog:
     """Appends one JSON object per logged step to `OUTPUT_DIR/log.jsonl` and to Accelerate trackers;
     `time` and `cpu_time` count seconds since this process started training (a resume starts again at 0)."""

@@ -37,7 +37,7 @@ from . import runtime
 from .best import INFO_NAME, BestModel, agree, write_info
 from .checkpoints import restore_state, save_checkpoint
 from .encode import encode_to_disk, load_codes
-from .loop import TrainPart, append_log_row, check_batch_fits, train_loader, train_loop
+from .loop import TrainPart, append_log_row, check_batch_fits, log_image, train_loader, train_loop
 from .runtime import TrainingArguments
 
 logger = logging.getLogger("minidalle")
@@ -399,6 +399,7 @@ def train(
                 logger.info("step %d: the best validation so far; saved the pipeline to %s", step, final)
             path = out_dir / "samples" / f"samples-step-{step:07d}.png"
             save_samples(raw_model, image_tokenizer, text_tokenizer, prompts, path, seed=args.seed, **sampling)
+            log_image(accelerator, "samples", path, step)
             stop = best.stop
         if agree(accelerator, stop):
             if is_main:

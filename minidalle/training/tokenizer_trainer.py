@@ -40,7 +40,7 @@ from . import runtime, schedules
 from .advice import collapse_advice, say_the_grid
 from .best import BestModel, agree, write_info
 from .checkpoints import restore_state, save_checkpoint
-from .loop import TrainPart, append_log_row, check_batch_fits, train_loader, train_loop
+from .loop import TrainPart, append_log_row, check_batch_fits, log_image, train_loader, train_loop
 from .runtime import TrainingArguments
 
 logger = logging.getLogger("minidalle")
@@ -405,7 +405,8 @@ def train(
 
     def on_step(step: int) -> bool:
         if is_main and args.image_steps and (step % args.image_steps == 0 or step == args.max_steps):
-            _save_preview(raw_model, preview, out_dir / "samples" / f"recon-step-{step:07d}.png")
+            path = _save_preview(raw_model, preview, out_dir / "samples" / f"recon-step-{step:07d}.png")
+            log_image(accelerator, "reconstructions", path, step)
         due = tok_args.eval_steps and (step % tok_args.eval_steps == 0 or step == args.max_steps)
         if not (due and eval_images is not None):
             return False
@@ -479,8 +480,8 @@ def train(
 
 
 @torch.no_grad()
-def _save_preview(model: DiscreteVAE, images: torch.Tensor, path: Path) -> None:
+def _save_preview(model: DiscreteVAE, images: torch.Tensor, path: Path) -> Path:
     model.eval()
     recon = model.reconstruct(images.to(next(model.parameters()).device)).cpu()
     model.train()
-    save_image_grid([images, recon], path)
+    return save_image_grid([images, recon], path)
