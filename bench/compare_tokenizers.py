@@ -90,6 +90,16 @@ ROWS["fsq_no_gan"] = {
     "fractions": {"warmup_steps": 0.05},
 }
 
+# the finer grid for the best row: 16x16 codes at 64 px (four times the prior's image tokens), the conv stack
+# one downsampling shorter with the small preset's widest layers kept
+ROWS["fsq_gan_16x16"] = {
+    "what": "fsq + VQ-GAN losses on a 16x16 grid (widths 64,128: one downsampling fewer)",
+    "flags": STACK + QUANTIZER_FLAGS["fsq"] + VQGAN + ["--widths", "64,128"],
+    "fractions": {"warmup_steps": 0.05, "disc_start": 0.5},
+    "calibrate_phases": GAN_PHASES,
+    "second_phase_from": 0.5,
+}
+
 COMMON = ["--logging_steps", "50", "--seed", "0", "--mixed_precision", "auto"]
 
 
