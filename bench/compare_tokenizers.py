@@ -13,7 +13,8 @@ machine: two rows side by side at one thread each. `train` then trains every row
 (step-based: a busy machine changes the wall time, not the result; a killed run resumes from its
 last checkpoint). `report` evaluates each row's tokenizer on held-out images (emoji-styles `test`;
 shapes: PSNR, attributes kept and the zero-shot round trip), prints the table as Markdown and
-JSON, and draws the reconstructions side by side (`docs/tokenizer-comparison.png`).
+JSON, and draws the reconstructions side by side, one labelled row per tokenizer
+(`docs/tokenizer-comparison-{emoji,shapes}.png`).
 
 Data (made once): `minidalle export-dataset emoji-styles --out data/emoji-styles` and
 `minidalle make-shapes --out data/shapes-train40k --split train --num 40000 --seed 0`,
@@ -36,7 +37,8 @@ RUNS = ROOT / "runs" / "compare-tokenizers"
 
 DATASETS = {
     "emoji": ["--data", "data/emoji-styles", "--split", "train", "--eval_split", "test", "--resolution", "64"],
-    "shapes": ["--data", "data/shapes-train40k", "--max_examples", "20000", "--eval_data", "data/shapes-heldout"],
+    "shapes": ["--data", "data/shapes-train40k", "--split", "train", "--max_examples", "20000"]
+    + ["--eval_data", "data/shapes-heldout", "--eval_split", "train"],
 }
 
 # Every row: train_tokenizer.py flags, and schedule lengths as fractions of the row's step budget.
@@ -295,8 +297,12 @@ def report(args) -> None:
             rows_shown.append(recon[shown])
             print(json.dumps({f"{dataset}/{name}": figures}), flush=True)
         picture = ROOT / "docs" / f"tokenizer-comparison-{dataset}.png"
-        save_image_grid(rows_shown, picture)
-    (RUNS / "report.json").write_text(json.dumps({"machine": machine(), "rows": results}, indent=2) + "\n")
+        labels = ["original", *(n for n in args.rows if f"{dataset}/{n}" in results)]
+        save_image_grid(rows_shown, picture, labels=labels)
+    # rows reported earlier (another --rows or --datasets) are kept beside the ones measured now
+    saved = RUNS / "report.json"
+    kept = json.loads(saved.read_text())["rows"] if saved.exists() else {}
+    saved.write_text(json.dumps({"machine": machine(), "rows": {**kept, **results}}, indent=2) + "\n")
     print("| row | data | steps | CPU min | PSNR dB | perceptual | codes used | perplexity | attrs kept | zero-shot |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for key, f in results.items():

@@ -25,6 +25,7 @@ from minidalle.cli.score import score_main
 from minidalle.cli.train import train_prior_main, train_tokenizer_main
 from minidalle.data import DataArguments, load_captioned_dataset
 from minidalle.errors import UserError
+from minidalle.images import save_image_grid
 from minidalle.pipeline import DEFAULT_MODEL, SAMPLING_DEFAULTS, MiniDallePipeline, resolve_model
 from minidalle.prior import Prior
 from minidalle.training.advice import collapse_advice, say_the_grid
@@ -410,3 +411,16 @@ def test_a_tracker_without_images_is_skipped_and_a_failing_one_does_not_stop_the
     log_image(accelerator, "samples", picture, 7)
     assert good.images == [("samples", 7, [(40, 20)])]
     assert "tracker flaky: could not log the image" in caplog.text and "offline" in caplog.text
+
+
+def test_a_labelled_grid_keeps_every_pixel_and_names_each_row(tmp_path):
+    rows = [torch.rand(3, 3, 16, 16, generator=torch.Generator().manual_seed(i)) for i in range(2)]
+    plain = np.asarray(Image.open(save_image_grid(rows, tmp_path / "plain.png")))
+    labelled = np.asarray(Image.open(save_image_grid(rows, tmp_path / "named.png", labels=["original", "fsq_gan"])))
+    margin = labelled.shape[1] - plain.shape[1]
+    assert margin > 8 and labelled.shape[0] == plain.shape[0]
+    assert np.array_equal(labelled[:, margin:], plain)  # the images themselves are untouched
+    for r in range(2):  # each row's strip of the margin carries its (dark) label
+        assert labelled[r * 16 : (r + 1) * 16, :margin].min() < 128
+    with pytest.raises(ValueError, match="1 labels for 2 rows"):
+        save_image_grid(rows, tmp_path / "bad.png", labels=["original"])
