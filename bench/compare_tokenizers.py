@@ -251,6 +251,17 @@ def evaluate_tokenizer(folder: Path, images, perceptual) -> dict:
     }, recon
 
 
+def thumbnail_figures(images, grid: int) -> dict:
+    """PSNR of a grid x grid thumbnail (area averages) scaled back up bilinearly: no codes, no training."""
+    import torch.nn.functional as F
+
+    from minidalle.metrics import psnr
+
+    small = F.interpolate(images, size=(grid, grid), mode="area")
+    back = F.interpolate(small, size=images.shape[-2:], mode="bilinear", align_corners=False).clamp(0, 1)
+    return {"psnr": round(float(psnr((back - images).pow(2).flatten(1).mean(1)).mean()), 2), "grid": grid}
+
+
 def shapes_figures(folder: Path) -> dict:
     """Attributes kept on held-out shapes, and the zero-shot round trip (both under the exact two-object rule)."""
     figures = {}
@@ -285,6 +296,9 @@ def report(args) -> None:
             images, _, _ = load_split("data/shapes-heldout", "train", limit=500)
             shown = list(range(0, 80, 10))
         rows_shown = [images[shown]]
+        for grid in (8, 16):  # the information bound of a grid: each cell's mean colour, scaled back up
+            results[f"{dataset}/thumbnail_{grid}x{grid}"] = thumbnail_figures(images, grid)
+            print(json.dumps({f"{dataset}/thumbnail_{grid}x{grid}": results[f"{dataset}/thumbnail_{grid}x{grid}"]}))
         for name in args.rows:
             folder = RUNS / dataset / name / "image_tokenizer"
             if not folder.is_dir():
@@ -307,6 +321,9 @@ def report(args) -> None:
     print("|---|---|---|---|---|---|---|---|---|---|")
     for key, f in results.items():
         dataset, name = key.split("/")
+        if name.startswith("thumbnail"):
+            print(f"| {name} | {dataset} | | | {f['psnr']} | | | | | |")
+            continue
         extra = [f"{100 * f[k]:.1f}%" if k in f else "" for k in ("attributes_kept", "zeroshot_round_trip")]
         print(
             f"| {name} | {dataset} | {f['steps']} | {f['cpu_minutes']} | {f['psnr']} | {f['perceptual']} | "
