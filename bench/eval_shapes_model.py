@@ -22,16 +22,16 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from minidalle.cli.sample import SampleArguments
-from minidalle.data.shapes import PALETTE, evaluate_manifest, generate_scene, render_scene
+from minidalle.data.shapes import PALETTE, PHRASINGS, evaluate_manifest, generate_scene, render_scene, rephrase
 from minidalle.pipeline import MiniDallePipeline
 
 
-def prompts_for(split: str, n: int, seed: int) -> list[str]:
-    return [generate_scene(split, seed, i).caption for i in range(n)]
+def prompts_for(split: str, n: int, seed: int, phrasing: str = "default") -> list[str]:
+    return [rephrase(generate_scene(split, seed, i).caption, phrasing) for i in range(n)]
 
 
 def sample_and_judge(
-    pipe, prompts: list[str], out: Path, guidance: float, seed: int, batch_size: int, **sampling
+    pipe, prompts: list[str], out: Path, guidance: float, seed: int, batch_size: int, phrasing="default", **sampling
 ) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     result = pipe(
@@ -41,7 +41,7 @@ def sample_and_judge(
         for i, (image, prompt) in enumerate(zip(result.images, result.prompts)):
             image.save(out / f"{i:04d}.png")
             f.write(json.dumps({"prompt": prompt, "file": f"{i:04d}.png"}) + "\n")
-    return evaluate_manifest(out / "manifest.jsonl")
+    return evaluate_manifest(out / "manifest.jsonl", phrasing=phrasing)
 
 
 def rank_colour_accuracy(pipe, n: int, seed: int) -> float:
@@ -98,11 +98,17 @@ def main() -> None:
         metavar="DIR",
         help="only write the prompt sets to DIR/<set>.txt (for sample.py --prompts_file)",
     )
+    parser.add_argument(
+        "--phrasing",
+        default="default",
+        choices=list(PHRASINGS),
+        help="word the prompts so (make-shapes --phrasing): a fine-tune on new words is judged with casual",
+    )
     args = parser.parse_args()
 
     sets = {
-        "train_grammar": prompts_for("train", args.num_prompts, 1001),
-        "zeroshot": prompts_for("zeroshot", args.num_prompts, args.zeroshot_seed),
+        "train_grammar": prompts_for("train", args.num_prompts, 1001, args.phrasing),
+        "zeroshot": prompts_for("zeroshot", args.num_prompts, args.zeroshot_seed, args.phrasing),
     }
     if args.only:
         sets = {args.only: sets[args.only]}
@@ -124,6 +130,7 @@ def main() -> None:
                 guidance,
                 args.seed,
                 args.batch_size,
+                phrasing=args.phrasing,
                 temperature=args.temperature,
                 top_k=args.top_k,
                 top_p=args.top_p,
@@ -131,6 +138,7 @@ def main() -> None:
             )
             row = {
                 "set": name,
+                "phrasing": args.phrasing,
                 "guidance_scale": guidance,
                 "temperature": args.temperature,
                 "top_k": args.top_k,

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from minidalle.cli.datasets import eval_shapes_main, make_shapes_main
-from minidalle.data.shapes import detect_objects, evaluate_manifest, judge, parse_caption
+from minidalle.data.shapes import PHRASINGS, detect_objects, evaluate_manifest, judge, parse_caption, rephrase, unphrase
 from minidalle.data.shapes.generate import (
     CANVAS,
     GRID,
@@ -343,3 +343,42 @@ def test_eval_shapes_names_the_bad_line(ground_truth_manifest):
     (folder / "manifest.jsonl").write_text(json.dumps(entries[0]) + "\n{not json\n")
     with pytest.raises(UserError, match="line 2: invalid JSON"):
         evaluate_manifest(folder / "manifest.jsonl")
+
+
+# --- phrasings ---------------------------------------------------------------------
+
+
+def test_a_phrasing_swaps_whole_words_and_maps_back_exactly():
+    casual = PHRASINGS["casual"]
+    assert len(set(casual.values())) == len(casual) and not set(casual.values()) & set(casual)
+    seen = set()
+    for index in range(600):
+        caption = generate_scene("train" if index % 3 else "zeroshot", 4, index).caption
+        words = rephrase(caption, "casual")
+        seen.update(w for w in words.split() if w in casual.values())
+        assert not set(words.split()) & set(casual), words  # no default word of the map is left
+        assert unphrase(words, "casual") == caption and rephrase(caption, "default") == caption
+        assert parse_caption(unphrase(words, "casual")) == parse_caption(caption)
+    assert seen == set(casual.values())  # every swapped word occurs
+    with pytest.raises(ValueError, match="unknown phrasing 'formal'; expected one of default, casual"):
+        rephrase("a red circle", "formal")
+
+
+def test_make_shapes_casual_draws_the_same_images_and_the_judge_reads_its_words(tmp_path):
+    flags = ["--split", "train", "--num", "40", "--seed", "3", "--workers", "1", "--no-progress"]
+    make_shapes_main(["--out", str(tmp_path / "default"), *flags])
+    make_shapes_main(["--out", str(tmp_path / "casual"), *flags, "--phrasing", "casual"])
+    default_rows, casual_rows = read_rows(tmp_path / "default"), read_rows(tmp_path / "casual")
+    for d, c in zip(default_rows, casual_rows, strict=True):
+        assert c["text"] == rephrase(d["text"], "casual") and c["objects"] == d["objects"]
+        assert (tmp_path / "casual" / c["file_name"]).read_bytes() == (
+            tmp_path / "default" / d["file_name"]
+        ).read_bytes()
+    assert sum(c["text"] != d["text"] for d, c in zip(default_rows, casual_rows)) > 30
+    entries = [{"prompt": r["text"], "file": r["file_name"]} for r in casual_rows]
+    manifest = write_manifest(tmp_path / "casual", entries)
+    assert evaluate_manifest(manifest, phrasing="casual")["all_correct"] == 1.0
+    with pytest.raises(UserError, match="line 1"):  # judged in the default words, "tiny"/"ball" are unknown
+        evaluate_manifest(manifest)
+    scene = generate_scene("train", 3, 0)
+    assert judge(render_scene(scene), rephrase(scene.caption, "casual"), phrasing="casual")["all_correct"]

@@ -9,7 +9,7 @@ import time
 from dataclasses import dataclass
 
 from ..data.exporters import export_emoji, export_mnist
-from ..data.shapes import SPLITS, evaluate_manifest, format_report, make_shapes
+from ..data.shapes import PHRASINGS, SPLITS, evaluate_manifest, format_report, make_shapes
 from .args import UserError, arg, command
 
 
@@ -25,6 +25,12 @@ class MakeShapesArgs:
     seed: int = arg(0, help="Seed; image i of a split is a pure function of (split, seed, i).")
     workers: int | None = arg(None, help="Worker processes; unset means one per CPU core.", minimum=1)
     progress: bool = arg(True, help="Show a progress bar (turn off with --no-progress).")
+    phrasing: str = arg(
+        "default",
+        help="Caption words: default (the contract's grammar) or casual (tiny/big, ball/box/gem, over/under: "
+        "the same scenes in words the bundled model has not seen, to fine-tune it on).",
+        choices=list(PHRASINGS),
+    )
 
 
 @command(MakeShapesArgs, prog="minidalle make-shapes", description="Write the built-in shapes dataset.", output="out")
@@ -33,7 +39,7 @@ def make_shapes_main(args: MakeShapesArgs, _) -> None:
     if args.split not in SPLITS:
         raise UserError(f"--split: unknown split {args.split!r}; expected one of {', '.join(SPLITS)}")
     start = time.perf_counter()
-    count = make_shapes(args.out, args.split, args.num, args.seed, args.workers, args.progress)
+    count = make_shapes(args.out, args.split, args.num, args.seed, args.workers, args.progress, phrasing=args.phrasing)
     seconds = time.perf_counter() - start
     print(f"wrote {count} {args.split} images to {args.out} in {seconds:.1f} s ({count / seconds:.0f} images/s)")
 
@@ -49,6 +55,11 @@ class EvalShapesArgs:
         "lenient: the rule before, for comparing with figures measured then.",
         choices=["exact", "lenient"],
     )
+    phrasing: str = arg(
+        "default",
+        help="The prompts' words (make-shapes --phrasing): mapped back to the grammar.",
+        choices=list(PHRASINGS),
+    )
 
 
 @command(
@@ -61,7 +72,7 @@ class EvalShapesArgs:
 )
 def eval_shapes_main(args: EvalShapesArgs, extra) -> None:
     """`minidalle eval-shapes MANIFEST.jsonl [--json]`."""
-    report = evaluate_manifest(extra.manifest, args.two_object_rule)
+    report = evaluate_manifest(extra.manifest, args.two_object_rule, phrasing=args.phrasing)
     print(json.dumps(report) if args.json else format_report(report))
 
 

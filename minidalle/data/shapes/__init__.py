@@ -4,6 +4,7 @@ from .generate import (
     CANVAS,
     HELD_OUT,
     PALETTE,
+    PHRASINGS,
     POSITION,
     RELATIONS,
     SHAPES,
@@ -16,7 +17,9 @@ from .generate import (
     generate_scene,
     make_shapes,
     render_scene,
+    rephrase,
     shape_mask,
+    unphrase,
 )
 from .judge import detect_objects, evaluate_manifest, format_report, judge, parse_caption
 
@@ -24,6 +27,7 @@ __all__ = [
     "CANVAS",
     "HELD_OUT",
     "PALETTE",
+    "PHRASINGS",
     "POSITION",
     "RELATIONS",
     "SHAPES",
@@ -41,5 +45,7 @@ __all__ = [
     "make_shapes",
     "parse_caption",
     "render_scene",
+    "rephrase",
     "shape_mask",
+    "unphrase",
 ]

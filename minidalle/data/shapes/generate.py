@@ -211,6 +211,42 @@ def full_caption(objects) -> str:
     return caption_for(objects, with_size=True, with_position=True)
 
 
+# --- phrasings: the same scenes in other words -------------------------------------
+# The contract's grammar is `default`. Another phrasing swaps whole words one for one (never a colour or a
+# position word, and never the first letter's vowel-ness, so the article stays right): a vocabulary the
+# bundled model has not seen, for fine-tuning it (README, "Fine-tuning"), judged by mapping the words back.
+PHRASINGS: dict[str, dict[str, str]] = {
+    "default": {},
+    "casual": {
+        "small": "tiny",
+        "large": "big",
+        "circle": "ball",
+        "square": "box",
+        "diamond": "gem",
+        "above": "over",
+        "below": "under",
+    },
+}
+
+
+def _phrasing(phrasing: str) -> dict[str, str]:
+    if phrasing not in PHRASINGS:
+        raise ValueError(f"unknown phrasing {phrasing!r}; expected one of {', '.join(PHRASINGS)}")
+    return PHRASINGS[phrasing]
+
+
+def rephrase(caption: str, phrasing: str) -> str:
+    """A default-grammar caption in `phrasing`'s words."""
+    words = _phrasing(phrasing)
+    return " ".join(words.get(w, w) for w in caption.split(" "))
+
+
+def unphrase(caption: str, phrasing: str) -> str:
+    """A caption in `phrasing`'s words back in the default grammar (default words pass through)."""
+    back = {v: k for k, v in _phrasing(phrasing).items()}
+    return " ".join(back.get(w, w) for w in caption.split(" "))
+
+
 # --- scenes ------------------------------------------------------------------------
 
 
@@ -257,15 +293,16 @@ def generate_scene(split: str, seed: int, index: int) -> Scene:
 # --- writing a split to disk -------------------------------------------------------
 
 
-def _write_range(task: tuple[str, str, int, int, int]) -> list[dict]:
+def _write_range(task: tuple[str, str, int, int, int, str]) -> list[dict]:
     """Render and save images start..stop-1; return their metadata rows (a worker's job)."""
-    out_dir, split, seed, start, stop = task
+    out_dir, split, seed, start, stop, phrasing = task
     rows = []
     for index in range(start, stop):
         scene = generate_scene(split, seed, index)
         file_name = image_file_name(index)
         save_png(Path(out_dir) / file_name, render_scene(scene))
-        rows.append({"file_name": file_name, "text": scene.caption, "objects": [o.to_dict() for o in scene.objects]})
+        text = rephrase(scene.caption, phrasing)
+        rows.append({"file_name": file_name, "text": text, "objects": [o.to_dict() for o in scene.objects]})
     return rows
 
 
@@ -277,16 +314,19 @@ def make_shapes(
     workers: int | None = None,
     progress: bool = True,
     chunk: int = 250,
+    phrasing: str = "default",
 ) -> int:
     """Write `num` scenes of `split` as an imagefolder under `out_dir`; returns the number written.
 
     Chunks of `chunk` indices go to `workers` processes (default: all CPUs); each
     renders and saves its PNGs, and the metadata rows are collected in index order.
+    `phrasing` words the captions (`PHRASINGS`); the images do not depend on it.
     """
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; expected one of {', '.join(SPLITS)}")
+    _phrasing(phrasing)
     out_dir = prepare_out_dir(claim_export_folder(out_dir, "shapes"))
-    tasks = [(str(out_dir), split, seed, start, min(start + chunk, num)) for start in range(0, num, chunk)]
+    tasks = [(str(out_dir), split, seed, start, min(start + chunk, num), phrasing) for start in range(0, num, chunk)]
     workers = max(1, min(workers or os.cpu_count() or 1, len(tasks)))
     rows: list[dict] = []
     with tqdm(total=num, desc=f"shapes/{split}", unit="img", disable=not progress) as bar:

@@ -35,7 +35,7 @@ from PIL import Image
 
 from ...errors import UserError
 from ..imagefolder import manifest_entries, open_manifest_image
-from .generate import CANVAS, PALETTE, POSITION, RELATIONS, SHAPES, SIZES, shape_mask
+from .generate import CANVAS, PALETTE, POSITION, RELATIONS, SHAPES, SIZES, shape_mask, unphrase
 
 MATCH_DISTANCE = 60  # RGB distance under which a pixel takes a palette colour
 MIN_PIXELS = 20  # smallest component counted as an object
@@ -246,15 +246,15 @@ def _check_rule(two_object_rule: str) -> None:
         raise UserError(f"two_object_rule must be 'exact' or 'lenient', got {two_object_rule!r}")
 
 
-def judge(image, caption: str, two_object_rule: str = "exact") -> dict:
-    """Judge one image against its prompt.
+def judge(image, caption: str, two_object_rule: str = "exact", phrasing: str = "default") -> dict:
+    """Judge one image against its prompt (worded in `phrasing`, `generate.PHRASINGS`).
 
     Returns `kind` ("one"/"two"), a boolean or None for each of `ATTRIBUTES`
     (None: the prompt does not state it), `all_correct`, and the detected `objects`.
     Raises `ValueError` for a caption outside the grammar.
     """
     _check_rule(two_object_rule)
-    spec = parse_caption(caption)
+    spec = parse_caption(unphrase(caption, phrasing))
     objects = detect_objects(image)
     return {"kind": spec["kind"], **_score(spec, objects, two_object_rule), "objects": objects}
 
@@ -266,17 +266,19 @@ def _rate(right: int, total: int) -> float | None:
     return right / total if total else None
 
 
-def evaluate_manifest(path: str | Path, two_object_rule: str = "exact") -> dict:
-    """Judge every line `{"prompt": ..., "file": ...}` of a JSONL manifest (files relative to its folder).
+def evaluate_manifest(path: str | Path, two_object_rule: str = "exact", phrasing: str = "default") -> dict:
+    """Judge every line `{"prompt": ..., "file": ...}` of a JSONL manifest (files relative to its folder),
+    the prompts worded in `phrasing` (`generate.PHRASINGS`).
 
     Returns the number of images (`images`, `one_object`, `two_object`), `accuracy`
     per attribute over the images whose prompt states it (with those counts in
     `judged`), and the all-correct rate overall, for one-object and two-object prompts.
     """
     _check_rule(two_object_rule)
+    unphrase("", phrasing)  # an unknown phrasing fails before any image is read
     path = Path(path)
     right, judged, kinds, all_right = Counter(), Counter(), Counter(), Counter()
-    for where, spec, image_path in manifest_entries(path, parse_caption):
+    for where, spec, image_path in manifest_entries(path, lambda caption: parse_caption(unphrase(caption, phrasing))):
         result = _score(spec, detect_objects(open_manifest_image(image_path, where)), two_object_rule)
         kinds[spec["kind"]] += 1
         all_right[spec["kind"]] += result["all_correct"]
