@@ -262,9 +262,37 @@ def test_the_best_record_is_replayed_from_the_log_on_resume(tmp_path):
     assert (best.best_step, best.since_best, best.stop) == (4, 1, False)
     best.update(8, {"val_image_nll": 1.8})
     assert best.stop
+    fine_tune = BestModel("val_image_nll", patience=2, first_step=0)  # a fine-tune: its start is a candidate
+    fine_tune.replay(tmp_path, 6)
+    assert (fine_tune.best_step, fine_tune.since_best, fine_tune.stop) == (0, 3, True)
 
 
 # --- 4. fine-tuning reports what it did ------------------------------------------------------------------------
+
+
+def test_a_fine_tune_that_only_hurts_ships_the_model_it_started_from(
+    shapes_dir, tiny_pipeline_dir, tmp_path, monkeypatch, caplog
+):
+    figures = [1.0, 1.2, 1.3]  # steps 0 (before fine-tuning), 2 and 4: every later evaluation is worse
+    real_validate = prior_trainer.validate
+
+    def scripted(*args, **kwargs):
+        value = figures.pop(0) if len(figures) > 1 else figures[0]
+        return {**real_validate(*args, **kwargs), "val_image_nll": value}
+
+    monkeypatch.setattr(prior_trainer, "validate", scripted)
+    caplog.set_level("INFO", logger="minidalle")
+    out = tmp_path / "finetune"
+    argv = ["--init_from", str(tiny_pipeline_dir), "--learning_rate", "0.05"]
+    run(train_prior_main, prior_argv(shapes_dir, out, None, *argv, eval_steps=2, max_steps=4, checkpointing_steps=0))
+    info = json.loads((out / "pipeline" / "training_info.json").read_text())
+    assert info["step"] == 0 and info["val_image_nll"] == 1.0 and info["last_step"] == 4
+    assert "fine-tuning never beat the starting model's validation image NLL (1.0000 at step 0)" in caplog.text
+    start = Prior.from_pretrained(tiny_pipeline_dir / "prior").state_dict()
+    shipped = Prior.from_pretrained(out / "pipeline" / "prior").state_dict()
+    assert all(torch.equal(start[k], shipped[k]) for k in start)  # the starting weights, not a fine-tuned step
+    last = load_file(str(out / "checkpoints" / "step-0000004" / "model.safetensors"))
+    assert not torch.equal(start["image_head.weight"], last["image_head.weight"])  # and training did move them
 
 
 def test_fine_tuning_logs_its_source_frozen_parts_and_a_step_zero_validation(

@@ -27,7 +27,8 @@ class BestModel:
     metric: str  # the log.jsonl key compared, e.g. "val_image_nll"
     lower_is_better: bool = True
     patience: int = 0  # evaluations without improvement before stopping (0: never stop early)
-    first_step: int = 1  # evaluations before this step are logged but never selected (e.g. before a GAN starts)
+    first_step: int = 1  # evaluations before this step are logged but never selected (e.g. before a GAN starts;
+    # 0 makes the model a run started from, validated at step 0, a candidate: a fine-tune that only hurts ships it)
     best_step: int | None = None
     best: dict = field(default_factory=dict)  # the figures of the best evaluation
     since_best: int = 0
@@ -59,7 +60,7 @@ class BestModel:
                 row = json.loads(line)
             except ValueError:
                 continue
-            if self.metric in row and 0 < row.get("step", 0) <= up_to_step:
+            if self.metric in row and max(self.first_step, 0) <= row.get("step", 0) <= up_to_step:
                 self.update(row["step"], row)
 
     def info(self, last_step: int | None = None) -> dict:

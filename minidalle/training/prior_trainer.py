@@ -364,15 +364,24 @@ def train(
         return result
 
     final = out_dir / "pipeline"
-    best = BestModel("val_image_nll", patience=prior_args.early_stopping_patience)
+    # a fine-tune's starting model is validated at step 0 and is a candidate: one that only hurts ships it
+    first_step = 0 if init_prior is not None else 1
+    best = BestModel("val_image_nll", patience=prior_args.early_stopping_patience, first_step=first_step)
     best.replay(out_dir, state.step)
     keep_best = prior_args.save_best and n_eval > 0 and prior_args.eval_steps > 0
+
+    def keep_if_best(step: int, result: dict) -> None:
+        if best.update(step, result) and keep_best:
+            save_pipeline(final, image_tokenizer, text_tokenizer, raw_model)
+            write_info(final, best.info())
+            logger.info("step %d: the best validation so far; saved the pipeline to %s", step, final)
+
     if is_main:
         if init_prior is not None:
             logger.info("fine-tuning from %s", init_source)
         logger.info(_frozen_line(raw_model, prior_args))
         if init_prior is not None and n_eval and state.step == 0:
-            evaluate(0, " (before fine-tuning)")
+            keep_if_best(0, evaluate(0, " (before fine-tuning)"))
         if n_eval and prior_args.eval_steps:
             kept = "the best validation image NLL (--save_best)" if keep_best else "the last step (--no_save_best)"
             logger.info(
@@ -392,11 +401,7 @@ def train(
             return False
         stop = False
         if is_main:
-            result = evaluate(step)
-            if best.update(step, result) and keep_best:
-                save_pipeline(final, image_tokenizer, text_tokenizer, raw_model)
-                write_info(final, best.info())
-                logger.info("step %d: the best validation so far; saved the pipeline to %s", step, final)
+            keep_if_best(step, evaluate(step))
             path = out_dir / "samples" / f"samples-step-{step:07d}.png"
             save_samples(raw_model, image_tokenizer, text_tokenizer, prompts, path, seed=args.seed, **sampling)
             log_image(accelerator, "samples", path, step)
@@ -421,6 +426,13 @@ def train(
             (out_dir / "eval.json").write_text(json.dumps({**info, "last": last}, indent=2) + "\n")
             figure = f"the best validation image NLL ({best.best['val_image_nll']:.4f} nats/token)"
             logger.info(best.kept_line(final, state.step, figure, last_checkpoint, f"{last['val_image_nll']:.4f}"))
+            if best.best_step == 0:
+                logger.warning(
+                    "fine-tuning never beat the starting model's validation image NLL (%.4f at step 0), so %s is "
+                    "the model it started from; try a lower --learning_rate, more --freeze_blocks or more data",
+                    best.best["val_image_nll"],
+                    final,
+                )
         else:
             save_pipeline(final, image_tokenizer.cpu(), text_tokenizer, raw_model.cpu().eval())
             write_info(final, {"step": state.step, "selected_by": "the last step", **last})
