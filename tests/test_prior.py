@@ -277,3 +277,32 @@ def test_vocabulary_layout_and_bad_configs():
         tiny_config(text_len=0)
     with pytest.raises(UserError, match="unknown field"):
         PriorConfig.from_dict({**vars(cfg), "depth": 3})
+
+
+# --- growing the text length (a fine-tune on longer captions) ----------------------------------------------
+
+
+def test_growing_the_text_length_keeps_every_learned_row_and_copies_the_last_position():
+    prior = make_prior(seed=3)
+    grown = prior.with_text_len(L + 3)
+    old, new = prior.state_dict(), grown.state_dict()
+    c, g = prior.config, grown.config
+    assert g.text_len == L + 3 and g.seq_len == c.seq_len + 3 and g.vocab_size == c.vocab_size + 3
+    emb, grown_emb = old["token_emb.weight"], new["token_emb.weight"]
+    assert torch.equal(grown_emb[: V + L], emb[: V + L])  # text ids and the old per-position pads
+    assert torch.equal(grown_emb[V + L : V + L + 3], emb[V + L - 1].expand(3, -1))  # new pads: the last pad
+    assert torch.equal(grown_emb[g.bos_id], emb[c.bos_id])
+    assert torch.equal(grown_emb[g.image_offset :], emb[c.image_offset :])  # every image code, at its new id
+    assert torch.equal(new["text_pos.weight"][: L + 1], old["text_pos.weight"])
+    assert torch.equal(new["text_pos.weight"][L + 1 :], old["text_pos.weight"][L].expand(3, -1))
+    assert torch.equal(new["text_head.weight"][: V + L], old["text_head.weight"])
+    for key in old:
+        if key not in ("token_emb.weight", "text_pos.weight", "text_head.weight"):
+            assert torch.equal(old[key], new[key]), key
+    text, codes = random_inputs(prior)
+    longer = grown.text_tokens(torch.cat([torch.where(text < V, text, 0), torch.zeros(3, 3, dtype=text.dtype)], 1), 0)
+    out = grown(longer, codes)
+    assert out.image_logits.shape == (3, N, K) and torch.isfinite(out.loss)
+    assert prior.with_text_len(L) is prior
+    with pytest.raises(UserError, match=f"--text_len {L - 1}: the prior has {L} text positions"):
+        prior.with_text_len(L - 1)

@@ -270,6 +270,31 @@ def test_the_best_record_is_replayed_from_the_log_on_resume(tmp_path):
 # --- 4. fine-tuning reports what it did ------------------------------------------------------------------------
 
 
+def test_a_fine_tune_keeps_its_text_length_or_grows_it_when_asked(shapes_dir, tiny_pipeline_dir, tmp_path, caplog):
+    caplog.set_level("INFO", logger="minidalle")
+    start = Prior.from_pretrained(tiny_pipeline_dir / "prior")
+    flags = {"text_len": None, "max_steps": 1}  # no --text_len: the prior's own
+    run(
+        train_prior_main,
+        prior_argv(shapes_dir, tmp_path / "kept", None, "--init_from", str(tiny_pipeline_dir), **flags),
+    )
+    assert Prior.from_pretrained(tmp_path / "kept" / "pipeline" / "prior").config.text_len == start.config.text_len
+    longer = start.config.text_len + 4
+    argv = prior_argv(shapes_dir, tmp_path / "grown", None, "--init_from", str(tiny_pipeline_dir), **flags)
+    run(train_prior_main, argv + ["--text_len", str(longer)])
+    assert f"text positions grown from {start.config.text_len} to {longer} (--text_len)" in caplog.text
+    grown = MiniDallePipeline.from_pretrained(tmp_path / "grown" / "pipeline", device="cpu")
+    assert grown.prior.config.text_len == longer
+    assert len(grown(["a red circle"], num_images_per_prompt=1, seed=0).images) == 1  # and it samples
+    shorter = start.config.text_len - 1
+    with pytest.raises(UserError, match=f"--text_len {shorter}: the prior has {start.config.text_len} text positions"):
+        run(
+            train_prior_main,
+            prior_argv(shapes_dir, tmp_path / "x", None, "--init_from", str(tiny_pipeline_dir), text_len=shorter),
+        )
+    assert not (tmp_path / "x" / "text_tokenizer").exists()  # refused before any work
+
+
 def test_a_fine_tune_that_only_hurts_ships_the_model_it_started_from(
     shapes_dir, tiny_pipeline_dir, tmp_path, monkeypatch, caplog
 ):
@@ -284,7 +309,8 @@ def test_a_fine_tune_that_only_hurts_ships_the_model_it_started_from(
     caplog.set_level("INFO", logger="minidalle")
     out = tmp_path / "finetune"
     argv = ["--init_from", str(tiny_pipeline_dir), "--learning_rate", "0.05"]
-    run(train_prior_main, prior_argv(shapes_dir, out, None, *argv, eval_steps=2, max_steps=4, checkpointing_steps=0))
+    argv = prior_argv(shapes_dir, out, None, *argv, eval_steps=2, max_steps=4, checkpointing_steps=0, text_len=None)
+    run(train_prior_main, argv)
     info = json.loads((out / "pipeline" / "training_info.json").read_text())
     assert info["step"] == 0 and info["val_image_nll"] == 1.0 and info["last_step"] == 4
     assert "fine-tuning never beat the starting model's validation image NLL (1.0000 at step 0)" in caplog.text
@@ -303,7 +329,17 @@ def test_fine_tuning_logs_its_source_frozen_parts_and_a_step_zero_validation(
     out = tmp_path / "finetune"
     run(
         train_prior_main,
-        prior_argv(shapes_dir, out, None, "--init_from", str(tiny_pipeline_dir), "--freeze_blocks", "1", max_steps=2),
+        prior_argv(
+            shapes_dir,
+            out,
+            None,
+            "--init_from",
+            str(tiny_pipeline_dir),
+            "--freeze_blocks",
+            "1",
+            max_steps=2,
+            text_len=None,
+        ),
     )
     assert f"fine-tuning from the pipeline {tiny_pipeline_dir}: its prior, image tokenizer and text tokenizer" in (
         caplog.text
@@ -319,13 +355,22 @@ def test_fine_tuning_logs_its_source_frozen_parts_and_a_step_zero_validation(
     assert not torch.equal(before["token_emb.weight"], after["token_emb.weight"])  # new words can be learned
     out = tmp_path / "finetune-frozen-embeddings"
     argv = ["--init_from", str(tiny_pipeline_dir), "--freeze_blocks", "1", "--freeze_embeddings"]
-    run(train_prior_main, prior_argv(shapes_dir, out, None, *argv, max_steps=2))
+    run(train_prior_main, prior_argv(shapes_dir, out, None, *argv, max_steps=2, text_len=None))
     after = Prior.from_pretrained(out / "pipeline" / "prior").state_dict()
     assert torch.equal(before["token_emb.weight"], after["token_emb.weight"])
     with pytest.raises(UserError, match="--freeze_blocks 2: the prior has only 1 blocks"):
         run(
             train_prior_main,
-            prior_argv(shapes_dir, tmp_path / "x", None, "--init_from", str(tiny_pipeline_dir), "--freeze_blocks", "2"),
+            prior_argv(
+                shapes_dir,
+                tmp_path / "x",
+                None,
+                "--init_from",
+                str(tiny_pipeline_dir),
+                "--freeze_blocks",
+                "2",
+                text_len=None,
+            ),
         )
 
 
@@ -335,7 +380,10 @@ def test_init_from_takes_the_bundled_models_name(shapes_dir, tmp_path, caplog, m
     monkeypatch.chdir(tmp_path)  # a data folder of the same name holds no model: the name means the bundled one
     caplog.set_level("INFO", logger="minidalle")
     out = tmp_path / "finetune"
-    run(train_prior_main, prior_argv(Path("shapes"), out, None, "--init_from", "shapes", max_steps=1, batch_size=4))
+    run(
+        train_prior_main,
+        prior_argv(Path("shapes"), out, None, "--init_from", "shapes", max_steps=1, batch_size=4, text_len=None),
+    )
     assert f"fine-tuning from the bundled model 'shapes' ({DEFAULT_MODEL})" in caplog.text
     assert json.loads((out / "pipeline" / "training_info.json").read_text())["selected_by"] == "the last step"
 

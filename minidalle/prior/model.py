@@ -28,7 +28,7 @@ cache in our trial). `gradient_checkpointing` is an option here too.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import ClassVar
 
 import torch
@@ -261,6 +261,38 @@ class Prior(SavedModel, nn.Module):
         """Replace each caption by the empty caption (all per-position pads) with probability p."""
         drop = torch.rand(text_tokens.shape[0], device=text_tokens.device, generator=generator) < p
         return torch.where(drop[:, None], self.empty_text_tokens(1, text_tokens.device), text_tokens)
+
+    def with_text_len(self, text_len: int) -> Prior:
+        """This prior with `text_len` text positions (more than it has: a fine-tune on longer captions).
+
+        Every learned row keeps its meaning: text ids, the old pads, <bos> and the image codes keep their
+        embeddings (at their new joint ids), every image position its embedding. Each new position starts
+        as a copy of the last one (its pad's embedding, its position embedding and its pad's output row),
+        so a caption that fitted before looks to the model like one with a longer run of trailing pads.
+        """
+        c = self.config
+        if text_len == c.text_len:
+            return self
+        if text_len < c.text_len:
+            raise UserError(
+                f"--text_len {text_len}: the prior has {c.text_len} text positions; a fine-tune can add "
+                "positions, not remove them"
+            )
+        old = self.state_dict()
+        grown = Prior(replace(c, text_len=text_len)).to(device=old["token_emb.weight"].device)
+        state = grown.state_dict()
+        v, n, extra = c.text_vocab_size, c.text_len, text_len - c.text_len
+        for key, value in old.items():
+            if key == "token_emb.weight":  # [text ids | pads | <bos> | image codes]
+                state[key] = torch.cat([value[: v + n], value[v + n - 1 : v + n].expand(extra, -1), value[v + n :]])
+            elif key == "text_head.weight":  # [text ids | pads]
+                state[key] = torch.cat([value, value[-1:].expand(extra, -1)])
+            elif key == "text_pos.weight":  # [<bos> | L text positions]
+                state[key] = torch.cat([value, value[-1:].expand(extra, -1)])
+            else:
+                state[key] = value
+        grown.load_state_dict(state)
+        return grown.to(dtype=old["token_emb.weight"].dtype).train(self.training)
 
     # ------------------------------------------------------------ forward
     def forward(self, text_tokens: torch.Tensor, image_codes: torch.Tensor, compute_loss: bool = True) -> PriorOutput:

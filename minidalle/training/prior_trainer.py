@@ -43,6 +43,9 @@ from .runtime import TrainingArguments
 logger = logging.getLogger("minidalle")
 
 
+DEFAULT_TEXT_LEN = 32  # --text_len 0 without --init_from
+
+
 @dataclass
 class PriorArguments:
     """Stage 2: what the prior is trained on and how."""
@@ -58,7 +61,11 @@ class PriorArguments:
     )
     codes: str = arg("", help="An encoded dataset (`minidalle encode`); default: encode --data once and cache it.")
     text_len: int = arg(
-        32, help="Text tokens per caption (longer captions are truncated with a counted warning).", minimum=1
+        0,
+        help="Text tokens per caption (longer captions are truncated with a counted warning); 0: 32, or when "
+        "fine-tuning the --init_from prior's own, which a larger value grows (the new positions start as copies "
+        "of its last).",
+        minimum=0,
     )
     text_vocab_size: int = arg(1000, help="BPE vocabulary size when the text tokenizer is trained here.", minimum=1)
     caption_dropout: float = arg(
@@ -205,6 +212,13 @@ def train(
     if not prior_args.init_from and args.preset not in PRESETS:  # before anything is encoded or trained
         raise UserError(f"--preset must be one of {', '.join(PRESETS)}, got {args.preset!r}")
     image_tokenizer, text_tokenizer, init_prior, init_source = _load_start(prior_args)
+    grown_from = None
+    if init_prior is not None:  # a fine-tune keeps its prior's text length unless asked for more
+        if prior_args.text_len and prior_args.text_len != init_prior.config.text_len:
+            grown_from = init_prior.config.text_len
+            init_prior = init_prior.with_text_len(prior_args.text_len)
+        prior_args.text_len = init_prior.config.text_len
+    prior_args.text_len = prior_args.text_len or DEFAULT_TEXT_LEN
     layers = init_prior.config.layers if init_prior is not None else PRESETS[args.preset]["layers"]
     if prior_args.freeze_blocks > layers:
         raise UserError(f"--freeze_blocks {prior_args.freeze_blocks}: the prior has only {layers} blocks")
@@ -227,8 +241,6 @@ def train(
             train_text_tokenizer(captions, prior_args.text_vocab_size).save_pretrained(str(tok_dir))
         accelerator.wait_for_everyone()
         text_tokenizer = load_text_tokenizer(tok_dir)
-    if init_prior is not None and prior_args.text_len != init_prior.config.text_len:
-        prior_args.text_len = init_prior.config.text_len  # a fine-tuned prior keeps its text length
     text_ids, truncated = encode_captions(text_tokenizer, captions, prior_args.text_len, warn=False)
     if truncated and is_main:
         lengths = token_lengths(text_tokenizer, captions)
@@ -379,6 +391,12 @@ def train(
     if is_main:
         if init_prior is not None:
             logger.info("fine-tuning from %s", init_source)
+            if grown_from is not None:
+                logger.info(
+                    "text positions grown from %d to %d (--text_len): each new one starts as a copy of the last",
+                    grown_from,
+                    prior_args.text_len,
+                )
         logger.info(_frozen_line(raw_model, prior_args))
         if init_prior is not None and n_eval and state.step == 0:
             keep_if_best(0, evaluate(0, " (before fine-tuning)"))
