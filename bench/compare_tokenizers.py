@@ -297,8 +297,9 @@ def report(args) -> None:
             shown = list(range(0, 80, 10))
         rows_shown = [images[shown]]
         for grid in (8, 16):  # the information bound of a grid: each cell's mean colour, scaled back up
-            results[f"{dataset}/thumbnail_{grid}x{grid}"] = thumbnail_figures(images, grid)
-            print(json.dumps({f"{dataset}/thumbnail_{grid}x{grid}": results[f"{dataset}/thumbnail_{grid}x{grid}"]}))
+            key = f"{dataset}/thumbnail_{grid}x{grid}"
+            results[key] = thumbnail_figures(images, grid)
+            print(json.dumps({key: results[key]}))
         for name in args.rows:
             folder = RUNS / dataset / name / "image_tokenizer"
             if not folder.is_dir():

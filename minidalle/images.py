@@ -45,8 +45,7 @@ def save_image_grid(rows: list[torch.Tensor], path: str | Path, labels: list[str
 
 def _with_row_labels(image: Image.Image, labels: list[str], row_height: int) -> Image.Image:
     font = ImageFont.load_default(size=max(10, row_height // 5))
-    measure = ImageDraw.Draw(image)
-    margin = 8 + max(int(measure.textlength(label, font=font)) for label in labels)
+    margin = 8 + max(int(font.getlength(label)) for label in labels)
     out = Image.new("RGB", (image.width + margin, image.height), "white")
     out.paste(image, (margin, 0))
     draw = ImageDraw.Draw(out)

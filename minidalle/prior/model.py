@@ -285,9 +285,7 @@ class Prior(SavedModel, nn.Module):
         for key, value in old.items():
             if key == "token_emb.weight":  # [text ids | pads | <bos> | image codes]
                 state[key] = torch.cat([value[: v + n], value[v + n - 1 : v + n].expand(extra, -1), value[v + n :]])
-            elif key == "text_head.weight":  # [text ids | pads]
-                state[key] = torch.cat([value, value[-1:].expand(extra, -1)])
-            elif key == "text_pos.weight":  # [<bos> | L text positions]
+            elif key in ("text_head.weight", "text_pos.weight"):  # [text ids | pads], [<bos> | L text positions]
                 state[key] = torch.cat([value, value[-1:].expand(extra, -1)])
             else:
                 state[key] = value

@@ -60,7 +60,7 @@ class BestModel:
                 row = json.loads(line)
             except ValueError:
                 continue
-            if self.metric in row and max(self.first_step, 0) <= row.get("step", 0) <= up_to_step:
+            if self.metric in row and row.get("step", 0) <= up_to_step:  # update skips those before first_step
                 self.update(row["step"], row)
 
     def info(self, last_step: int | None = None) -> dict:

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -229,22 +230,27 @@ PHRASINGS: dict[str, dict[str, str]] = {
 }
 
 
-def _phrasing(phrasing: str) -> dict[str, str]:
+def _word_map(phrasing: str, back: bool = False) -> Callable[[str], str]:
+    """A caption -> caption function swapping `phrasing`'s words (`back`: to the default grammar's)."""
     if phrasing not in PHRASINGS:
         raise ValueError(f"unknown phrasing {phrasing!r}; expected one of {', '.join(PHRASINGS)}")
-    return PHRASINGS[phrasing]
+    words = {v: k for k, v in PHRASINGS[phrasing].items()} if back else PHRASINGS[phrasing]
+    return lambda caption: " ".join(words.get(w, w) for w in caption.split(" "))
 
 
 def rephrase(caption: str, phrasing: str) -> str:
     """A default-grammar caption in `phrasing`'s words."""
-    words = _phrasing(phrasing)
-    return " ".join(words.get(w, w) for w in caption.split(" "))
+    return _word_map(phrasing)(caption)
+
+
+def unphraser(phrasing: str) -> Callable[[str], str]:
+    """The function taking a caption in `phrasing`'s words back to the default grammar (default words pass
+    through); an unknown phrasing fails here, before any caption."""
+    return _word_map(phrasing, back=True)
 
 
 def unphrase(caption: str, phrasing: str) -> str:
-    """A caption in `phrasing`'s words back in the default grammar (default words pass through)."""
-    back = {v: k for k, v in _phrasing(phrasing).items()}
-    return " ".join(back.get(w, w) for w in caption.split(" "))
+    return unphraser(phrasing)(caption)
 
 
 # --- scenes ------------------------------------------------------------------------
@@ -324,7 +330,7 @@ def make_shapes(
     """
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; expected one of {', '.join(SPLITS)}")
-    _phrasing(phrasing)
+    _word_map(phrasing)  # an unknown phrasing fails before any file is written
     out_dir = prepare_out_dir(claim_export_folder(out_dir, "shapes"))
     tasks = [(str(out_dir), split, seed, start, min(start + chunk, num), phrasing) for start in range(0, num, chunk)]
     workers = max(1, min(workers or os.cpu_count() or 1, len(tasks)))

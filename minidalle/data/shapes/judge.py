@@ -35,7 +35,7 @@ from PIL import Image
 
 from ...errors import UserError
 from ..imagefolder import manifest_entries, open_manifest_image
-from .generate import CANVAS, PALETTE, POSITION, RELATIONS, SHAPES, SIZES, shape_mask, unphrase
+from .generate import CANVAS, PALETTE, POSITION, RELATIONS, SHAPES, SIZES, shape_mask, unphraser
 
 MATCH_DISTANCE = 60  # RGB distance under which a pixel takes a palette colour
 MIN_PIXELS = 20  # smallest component counted as an object
@@ -254,7 +254,7 @@ def judge(image, caption: str, two_object_rule: str = "exact", phrasing: str = "
     Raises `ValueError` for a caption outside the grammar.
     """
     _check_rule(two_object_rule)
-    spec = parse_caption(unphrase(caption, phrasing))
+    spec = parse_caption(unphraser(phrasing)(caption))
     objects = detect_objects(image)
     return {"kind": spec["kind"], **_score(spec, objects, two_object_rule), "objects": objects}
 
@@ -275,10 +275,10 @@ def evaluate_manifest(path: str | Path, two_object_rule: str = "exact", phrasing
     `judged`), and the all-correct rate overall, for one-object and two-object prompts.
     """
     _check_rule(two_object_rule)
-    unphrase("", phrasing)  # an unknown phrasing fails before any image is read
+    to_grammar = unphraser(phrasing)  # an unknown phrasing fails before any image is read
     path = Path(path)
     right, judged, kinds, all_right = Counter(), Counter(), Counter(), Counter()
-    for where, spec, image_path in manifest_entries(path, lambda caption: parse_caption(unphrase(caption, phrasing))):
+    for where, spec, image_path in manifest_entries(path, lambda caption: parse_caption(to_grammar(caption))):
         result = _score(spec, detect_objects(open_manifest_image(image_path, where)), two_object_rule)
         kinds[spec["kind"]] += 1
         all_right[spec["kind"]] += result["all_correct"]
