@@ -8,6 +8,7 @@ Every command describes its flags as dataclasses and parses them with
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import difflib
 import functools
@@ -44,6 +45,10 @@ def load_config_file(path: str | Path) -> dict:
     if not isinstance(values, dict):
         raise UserError(f"--config {path}: expected a mapping of flag names to values")
     return {str(k).replace("-", "_"): v for k, v in values.items()}
+
+
+class _EpilogFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Flag defaults shown, and an epilog's lines kept as written."""
 
 
 class _Parser(HfArgumentParser):
@@ -95,6 +100,7 @@ def parse_args(
     description: str | None = None,
     add_arguments: Callable[[HfArgumentParser], None] | None = None,
     with_config: bool = True,
+    epilog: str | None = None,
 ) -> tuple:
     """Parse `argv` into instances of `dataclass_types` (and a namespace of extras).
 
@@ -104,7 +110,8 @@ def parse_args(
     defaults. Flags are never abbreviated; an unknown or malformed one is a `UserError`.
     """
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = _Parser(list(dataclass_types), prog=prog, description=description)
+    extra = dict(epilog=epilog, formatter_class=_EpilogFormatter) if epilog else {}
+    parser = _Parser(list(dataclass_types), prog=prog, description=description, **extra)
     if add_arguments is not None:
         add_arguments(parser)
     if with_config:
@@ -149,6 +156,7 @@ def command(
     positional: dict[str, dict] | None = None,
     required: Sequence[str] = (),
     output: str | None = None,
+    epilog: Callable[[], str] | None = None,
 ) -> Callable:
     """Decorator: `run(*parsed)` becomes the command `main(argv=None)`, which parses `argv` first.
 
@@ -156,7 +164,8 @@ def command(
     `positional` arguments (name -> `argparse` keywords). `required` names fields of
     the first dataclass that must be given: if one is empty, a `UserError` names them all.
     `output` names the field holding the command's output folder: if the command fails,
-    the folders it created for it are removed while still empty.
+    the folders it created for it are removed while still empty. `epilog` makes --help's last lines
+    (a function: what it says may depend on what is installed).
     """
 
     def add_positional(parser: HfArgumentParser) -> None:
@@ -166,7 +175,14 @@ def command(
     def decorate(run: Callable) -> Callable:
         @functools.wraps(run)
         def main(argv: Sequence[str] | None = None):
-            parsed = parse_args(dataclass_types, argv, prog=prog, description=description, add_arguments=add_positional)
+            parsed = parse_args(
+                dataclass_types,
+                argv,
+                prog=prog,
+                description=description,
+                add_arguments=add_positional,
+                epilog=epilog() if epilog and argv_asks_help(argv) else None,
+            )
             if any(not getattr(parsed[0], name) for name in required):
                 flags = " and ".join(f"--{name}" for name in required)
                 raise UserError(f"{flags} {'is' if len(required) == 1 else 'are'} required")
@@ -178,6 +194,10 @@ def command(
         return main
 
     return decorate
+
+
+def argv_asks_help(argv: Sequence[str] | None) -> bool:
+    return any(a in ("-h", "--help") for a in (sys.argv[1:] if argv is None else argv))
 
 
 def run_main(main: Callable[[], Any]) -> None:

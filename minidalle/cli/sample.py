@@ -5,6 +5,8 @@ prompt) and OUT/manifest.jsonl with one line per image,
 {"prompt", "file", "seed", "num_candidates", "pmi", ...}: the format `minidalle eval-shapes` reads.
 Without --model the bundled shapes model is used. Each image is the best of
 --num_candidates samples by the prior's own pmi (see MiniDallePipeline.score).
+The sampling flags not given are the model's own: its model_index.json's
+"sampling_defaults" (chosen for that model), else SAMPLING_DEFAULTS.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..pipeline.pipeline import SAMPLING_DEFAULTS
+from ..pipeline.pipeline import SAMPLING_DEFAULTS, bundled_names
 from .args import UserError, arg, command
 
 # what sample.py writes into --out (a re-run into the same folder removes these and nothing else)
@@ -27,8 +29,8 @@ class SampleArguments:
     prompts_file: str = arg("", help="A text file with one prompt per line (added to the prompts given as arguments).")
     model: str = arg(
         "",
-        help="A pipeline folder (train_prior.py's OUTPUT_DIR/pipeline) or a bundled model's name (shapes); "
-        "default: the bundled shapes model.",
+        help="A pipeline folder (train_prior.py's OUTPUT_DIR/pipeline) or a bundled model's name (shapes, emoji: "
+        "see below); default: the bundled shapes model.",
     )
     num_images: int = arg(4, help="Images per prompt.", minimum=1)
     guidance_scale: float = arg(
@@ -94,10 +96,37 @@ def read_prompts(positional: list[str], prompts_file: str) -> list[str]:
     return prompts
 
 
+SAMPLING_FLAGS = tuple(SAMPLING_DEFAULTS)  # flags whose default is the model's own when the folder stores one
+
+
+def bundled_models_epilog() -> str:
+    """--help's last lines: the bundled models and whose art each learned from."""
+    from ..pipeline.pipeline import BUNDLED_MODELS
+
+    lines = ["bundled models (--model NAME):"]
+    for name in bundled_names().split(", "):
+        folder = BUNDLED_MODELS[name]
+        attribution = folder / "ATTRIBUTION.md"
+        if not (folder / "model_index.json").is_file():
+            lines.append(f"  {name}: not in this installation")
+        elif attribution.is_file():
+            sets = [row for row in attribution.read_text(encoding="utf-8").splitlines() if row.startswith("| ")][1:]
+            lines.append(f"  {name}: trained on art under its licences; {attribution} says whose:")
+            lines += [f"    {row}" for row in sets]
+        else:
+            lines.append(f"  {name}: synthetic images, no third-party art")
+    lines.append(
+        "sampling flags not given are the model's own (its model_index.json's sampling_defaults), "
+        "else the defaults shown above"
+    )
+    return "\n".join(lines)
+
+
 @command(
     SampleArguments,
     prog="sample.py",
     description="Generate images from text prompts with a minidalle pipeline.",
+    epilog=bundled_models_epilog,
     positional={"prompts": dict(nargs="*", help="Prompts, e.g. 'a small red circle in the top left'.")},
     output="out",
 )
@@ -113,6 +142,9 @@ def main(args: SampleArguments, extra) -> None:
     (out / "images").mkdir(exist_ok=True)
     started = time.perf_counter()
     pipe = MiniDallePipeline.from_pretrained(args.model or None, device=args.device or None)
+    for flag in SAMPLING_FLAGS:  # the model's own settings for the flags not given
+        if flag not in extra.explicit:
+            setattr(args, flag, pipe.sampling_defaults[flag])
     print(f"sampling on {pipe.device}" + (f" with {threads}" if pipe.device.type == "cpu" else ""), file=sys.stderr)
     result = pipe(
         prompts,

@@ -4,10 +4,18 @@ Imports the models, the text tokenizer and the data transforms only: neither
 accelerate nor `minidalle.training`.
 """
 
-from .io import check_compatible, export_pipeline, load_pipeline_parts, save_pipeline
+from .io import (
+    check_compatible,
+    export_pipeline,
+    load_pipeline_parts,
+    read_attribution,
+    read_sampling_defaults,
+    save_pipeline,
+)
 from .pipeline import (
     BUNDLED_MODELS,
     DEFAULT_MODEL,
+    EMOJI_MODEL,
     SAMPLING_DEFAULTS,
     MiniDallePipeline,
     PipelineOutput,
@@ -18,6 +26,7 @@ from .pipeline import (
 __all__ = [
     "BUNDLED_MODELS",
     "DEFAULT_MODEL",
+    "EMOJI_MODEL",
     "SAMPLING_DEFAULTS",
     "MiniDallePipeline",
     "PipelineOutput",
@@ -25,6 +34,8 @@ __all__ = [
     "check_prompts",
     "export_pipeline",
     "load_pipeline_parts",
+    "read_attribution",
+    "read_sampling_defaults",
     "resolve_model",
     "save_pipeline",
 ]

@@ -6,6 +6,8 @@
       image_tokenizer/     an image tokenizer, e.g. minidalle's DiscreteVAE (config.json + model.safetensors)
       text_tokenizer/      the BPE text tokenizer (tokenizer.json, ...)
       prior/               minidalle.prior.Prior (config.json + model.safetensors)
+      ATTRIBUTION.md       (when the training data had one, e.g. an emoji-styles export) whose art the model
+                           learned from: the sets, authors and licences; carried on by fine-tunes and exports
       training_info.json   (from train_prior.py) which step the weights are and why: the best validation or the
                            last step; for people, never read when loading
 
@@ -30,15 +32,33 @@ from ..prior import Prior
 from ..text import load_text_tokenizer
 
 INDEX_NAME = "model_index.json"
+ATTRIBUTION_NAME = "ATTRIBUTION.md"
+# the index's optional "sampling_defaults": how this model samples best (chosen on prompts that are not the ones
+# reported; `MiniDallePipeline.sampling_defaults`); the type and the least value of each
+SAMPLING_KEYS = {
+    "guidance_scale": (float, 0.0),
+    "temperature": (float, 0.0),
+    "top_k": (int, 0),
+    "top_p": (float, 1e-6),
+    "num_candidates": (int, 1),
+}
 PARTS = ("image_tokenizer", "text_tokenizer", "prior")
 PIPELINE_CLASS = "MiniDallePipeline"
 
 
 def save_pipeline(
-    folder: str | Path, image_tokenizer: ImageTokenizer, text_tokenizer: PreTrainedTokenizerFast, prior: Prior
+    folder: str | Path,
+    image_tokenizer: ImageTokenizer,
+    text_tokenizer: PreTrainedTokenizerFast,
+    prior: Prior,
+    sampling_defaults: dict | None = None,
+    attribution: str | None = None,
 ) -> Path:
     """Write a complete pipeline folder atomically (`atomic_folder`); an existing folder is replaced only
-    when it holds a minidalle pipeline."""
+    when it holds a minidalle pipeline. `sampling_defaults` go into the index (checked first),
+    `attribution` into ATTRIBUTION.md."""
+    if sampling_defaults:
+        sampling_defaults = check_sampling_defaults(sampling_defaults, "sampling_defaults")
     with atomic_folder(folder, is_pipeline_folder, "a minidalle pipeline") as tmp:
         image_tokenizer.save_pretrained(tmp / "image_tokenizer")
         text_tokenizer.save_pretrained(str(tmp / "text_tokenizer"))
@@ -55,8 +75,51 @@ def save_pipeline(
             "num_image_codes": image_tokenizer.num_codes,
             "text_len": prior.config.text_len,
         }
+        if sampling_defaults:
+            index["sampling_defaults"] = sampling_defaults
         (tmp / INDEX_NAME).write_text(json.dumps(index, indent=2) + "\n")
+        if attribution:
+            (tmp / ATTRIBUTION_NAME).write_text(attribution, encoding="utf-8")
     return Path(folder)
+
+
+def check_sampling_defaults(values, where: str) -> dict:
+    """Sampling settings by name (SAMPLING_KEYS), each of its type and in range; anything else a `UserError`."""
+    if not isinstance(values, dict):
+        raise UserError(f"{where}: expected an object of sampling settings ({', '.join(SAMPLING_KEYS)})")
+    unknown = sorted(set(values) - set(SAMPLING_KEYS))
+    if unknown:
+        known = ", ".join(SAMPLING_KEYS)
+        raise UserError(f"{where}: unknown sampling setting(s) {', '.join(unknown)} (known: {known})")
+    checked = {}
+    for key, value in values.items():
+        kind, least = SAMPLING_KEYS[key]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and value != int(value)):
+            raise UserError(f"{where}: {key} must be {'an integer' if kind is int else 'a number'}, got {value!r}")
+        if value < least or (key == "top_p" and value > 1):
+            raise UserError(f"{where}: {key} = {value} is out of range")
+        checked[key] = kind(value)
+    return checked
+
+
+def read_sampling_defaults(folder: str | Path) -> dict:
+    """The sampling settings a pipeline folder's index stores for itself ({} when it stores none)."""
+    folder = Path(folder)
+    return check_sampling_defaults(read_index(folder).get("sampling_defaults", {}), str(folder / INDEX_NAME))
+
+
+def read_attribution(*folders: str | Path | None) -> str | None:
+    """The ATTRIBUTION.md texts of these folders (a dataset, a pipeline, an image tokenizer), each once, joined;
+    None when none has one. What a model trained or fine-tuned on them carries."""
+    texts: list[str] = []
+    for folder in folders:
+        if not folder:
+            continue
+        path = Path(folder) / ATTRIBUTION_NAME
+        text = path.read_text(encoding="utf-8").strip() if path.is_file() else ""
+        if text and text not in texts:
+            texts.append(text)
+    return "\n\n".join(texts) + "\n" if texts else None
 
 
 def is_pipeline_folder(folder: Path) -> bool:
@@ -126,13 +189,19 @@ def load_pipeline_parts(
 
 
 def export_pipeline(
-    source: str | Path, target: str | Path, dtype: str = "float16", image_tokenizer: str | Path | None = None
+    source: str | Path,
+    target: str | Path,
+    dtype: str = "float16",
+    image_tokenizer: str | Path | None = None,
+    sampling_defaults: dict | None = None,
 ) -> Path:
     """Copy a pipeline with its weights stored in `dtype` (e.g. to bundle it small).
 
     `image_tokenizer` swaps in another image tokenizer with the same codes
     (e.g. after `train_tokenizer.py --train_decoder_only`); the pairing check
     refuses one that encodes differently.
+
+    The source's sampling defaults and ATTRIBUTION.md are kept; `sampling_defaults` replaces the former.
 
     The image tokenizer's weights are rounded to `dtype` first and the prior
     re-pointed at the rounded tokenizer's content hash, so the exported folder
@@ -141,7 +210,11 @@ def export_pipeline(
     import torch
 
     check_replaceable(target, is_pipeline_folder, "a minidalle pipeline")  # before any work
+    if sampling_defaults is not None:
+        sampling_defaults = check_sampling_defaults(sampling_defaults, "sampling defaults")
     old_tokenizer, text_tokenizer, prior = load_pipeline_parts(source)
+    if sampling_defaults is None:
+        sampling_defaults = read_sampling_defaults(source)
     if image_tokenizer is None:
         image_tokenizer = old_tokenizer
     else:
@@ -152,5 +225,12 @@ def export_pipeline(
     image_tokenizer.to(torch_dtype).float()
     prior.to(torch_dtype).float()
     prior.config.image_tokenizer_hash = image_tokenizer.codes_hash()
-    saved = save_pipeline(target, image_tokenizer.to(torch_dtype), text_tokenizer, prior.to(torch_dtype))
+    saved = save_pipeline(
+        target,
+        image_tokenizer.to(torch_dtype),
+        text_tokenizer,
+        prior.to(torch_dtype),
+        sampling_defaults,
+        read_attribution(source),
+    )
     return saved

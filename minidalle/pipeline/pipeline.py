@@ -26,28 +26,43 @@ from ..images import to_pil
 from ..metrics import bits_per_dim
 from ..prior import sample_codes
 from ..text import MAX_CAPTION_CHARS, encode_captions
-from .io import load_pipeline_parts
+from .io import load_pipeline_parts, read_sampling_defaults
 
 logger = logging.getLogger("minidalle")
 
-DEFAULT_MODEL = Path(__file__).resolve().parents[1] / "default_model"
+PACKAGE_DIR = Path(__file__).resolve().parents[1]
+DEFAULT_MODEL = PACKAGE_DIR / "default_model"  # shapes: synthetic, no third-party art
+EMOJI_MODEL = PACKAGE_DIR / "emoji_model"  # emoji-styles: seven open emoji sets (its ATTRIBUTION.md beside it)
 # the bundled models by name ("default": what sample.py's manifest calls the model used without --model)
-BUNDLED_MODELS = {"shapes": DEFAULT_MODEL, "default": DEFAULT_MODEL}
-# how sample.py samples (and the prior trainer's preview grids, so that they show what sample.py gives);
-# a library call of the pipeline samples plainly: one candidate, no re-ranking
+BUNDLED_MODELS = {"shapes": DEFAULT_MODEL, "emoji": EMOJI_MODEL, "default": DEFAULT_MODEL}
+# how sample.py samples (and the prior trainer's preview grids, so that they show what sample.py gives) when the
+# model folder does not say (its model_index.json's "sampling_defaults" do: see `read_sampling_defaults`);
+# a library call of the pipeline takes the same settings but samples plainly: one candidate, no re-ranking
 SAMPLING_DEFAULTS = {"guidance_scale": 1.5, "temperature": 0.3, "top_k": 0, "top_p": 1.0, "num_candidates": 8}
 
 
+def bundled_names() -> str:
+    return ", ".join(name for name in BUNDLED_MODELS if name != "default")
+
+
 def resolve_model(model: str | Path | None) -> Path:
-    """A pipeline folder, or a bundled model's name (`shapes`, `default`); None: the bundled default.
+    """A pipeline folder, or a bundled model's name (`shapes`, `emoji`, `default`); None: the bundled default.
     A folder of that name is taken over the bundled model only when it holds a model (a pipeline's
-    model_index.json or a model's config.json): `--data shapes --init_from shapes` means the bundled one."""
+    model_index.json or a model's config.json): `--data shapes --init_from shapes` means the bundled one.
+    Neither a folder nor a bundled name: a `UserError` listing the names."""
     if model is None or model == "":
         return DEFAULT_MODEL
     folder = Path(model)
     holds_a_model = (folder / "model_index.json").is_file() or (folder / "config.json").is_file()
     if str(model) in BUNDLED_MODELS and not holds_a_model:
-        return BUNDLED_MODELS[str(model)]
+        bundled = BUNDLED_MODELS[str(model)]
+        if not (bundled / "model_index.json").is_file():
+            raise UserError(f"the bundled model {str(model)!r} is missing from this installation ({bundled})")
+        return bundled
+    if not folder.exists():
+        raise UserError(
+            f"{model}: no such model folder, and no bundled model of that name (bundled: {bundled_names()})"
+        )
     return folder
 
 
@@ -91,6 +106,9 @@ class MiniDallePipeline:
         self.text_tokenizer = text_tokenizer
         self.prior = prior.eval()
         self.transform = ImageTransform(image_tokenizer.image_size)
+        # how this model samples best (from its folder's model_index.json, else SAMPLING_DEFAULTS): what
+        # `__call__` uses for settings not given, and sample.py for flags not given
+        self.sampling_defaults = dict(SAMPLING_DEFAULTS)
         self.to(device)
 
     def to(self, device: str | torch.device) -> MiniDallePipeline:
@@ -110,7 +128,9 @@ class MiniDallePipeline:
         if device is None:
             device = "cuda" if torch.cuda.is_available() else "cpu"
         image_tokenizer, text_tokenizer, prior = load_pipeline_parts(folder)
-        return cls(image_tokenizer.float(), text_tokenizer, prior.float(), device)
+        pipe = cls(image_tokenizer.float(), text_tokenizer, prior.float(), device)
+        pipe.sampling_defaults.update(read_sampling_defaults(folder))
+        return pipe
 
     # -------------------------------------------------------------- helpers
     def _text_tokens(self, prompts: list[str]) -> torch.Tensor:
@@ -144,10 +164,10 @@ class MiniDallePipeline:
         self,
         prompts: Sequence[str] | str,
         num_images_per_prompt: int = 1,
-        guidance_scale: float = SAMPLING_DEFAULTS["guidance_scale"],
-        temperature: float = SAMPLING_DEFAULTS["temperature"],
-        top_k: int = SAMPLING_DEFAULTS["top_k"],
-        top_p: float = SAMPLING_DEFAULTS["top_p"],
+        guidance_scale: float | None = None,
+        temperature: float | None = None,
+        top_k: int | None = None,
+        top_p: float | None = None,
         seed: int | None = None,
         batch_size: int = 16,
         init_image=None,
@@ -158,6 +178,9 @@ class MiniDallePipeline:
         generator: torch.Generator | None = None,
     ) -> PipelineOutput:
         """Sample `num_images_per_prompt` images for each prompt.
+
+        `guidance_scale`, `temperature`, `top_k`, `top_p` left at None are the model's own
+        (`self.sampling_defaults`: its folder's model_index.json, else SAMPLING_DEFAULTS).
 
         Seeds: image (or candidate) i is drawn from its own generator seeded `seed + i`, so
         `PipelineOutput.seeds[i]` reproduces it alone, whatever the batch size. `seed=None` (the
@@ -187,6 +210,9 @@ class MiniDallePipeline:
         from tqdm.auto import tqdm
 
         prompts = check_prompts(prompts)
+        given = dict(guidance_scale=guidance_scale, temperature=temperature, top_k=top_k, top_p=top_p)
+        settings = {k: self.sampling_defaults[k] if v is None else v for k, v in given.items()}
+        guidance_scale, temperature, top_k, top_p = (settings[k] for k in given)
         if num_images_per_prompt < 1 or batch_size < 1 or num_candidates < 1:
             raise UserError("num_images_per_prompt, batch_size and num_candidates must be >= 1")
         g = self.prior.config.image_grid

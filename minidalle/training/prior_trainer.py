@@ -30,7 +30,14 @@ from ..images import save_image_grid
 from ..metrics import bits_per_dim
 from ..options import arg
 from ..pipeline import SAMPLING_DEFAULTS, MiniDallePipeline, resolve_model
-from ..pipeline.io import check_compatible, is_pipeline_folder, load_pipeline_parts, save_pipeline
+from ..pipeline.io import (
+    check_compatible,
+    is_pipeline_folder,
+    load_pipeline_parts,
+    read_attribution,
+    read_sampling_defaults,
+    save_pipeline,
+)
 from ..prior import PRESETS, Prior, PriorConfig
 from ..text import encode_captions, load_text_tokenizer, token_lengths, train_text_tokenizer
 from . import runtime
@@ -212,6 +219,12 @@ def train(
     if not prior_args.init_from and args.preset not in PRESETS:  # before anything is encoded or trained
         raise UserError(f"--preset must be one of {', '.join(PRESETS)}, got {args.preset!r}")
     image_tokenizer, text_tokenizer, init_prior, init_source = _load_start(prior_args)
+    init_folder = resolve_model(prior_args.init_from) if prior_args.init_from else None
+    # what the pipeline carries on: the starting model's sampling settings, and the attribution of the art learned from
+    carried = dict(
+        sampling_defaults=read_sampling_defaults(init_folder) if is_pipeline_folder(init_folder or Path()) else None,
+        attribution=read_attribution(data_args.data, prior_args.eval_data, init_folder, prior_args.image_tokenizer),
+    )
     grown_from = None
     if init_prior is not None:  # a fine-tune keeps its prior's text length unless asked for more
         if prior_args.text_len and prior_args.text_len != init_prior.config.text_len:
@@ -384,7 +397,7 @@ def train(
 
     def keep_if_best(step: int, result: dict) -> None:
         if best.update(step, result) and keep_best:
-            save_pipeline(final, image_tokenizer, text_tokenizer, raw_model)
+            save_pipeline(final, image_tokenizer, text_tokenizer, raw_model, **carried)
             write_info(final, best.info())
             logger.info("step %d: the best validation so far; saved the pipeline to %s", step, final)
 
@@ -452,7 +465,7 @@ def train(
                     final,
                 )
         else:
-            save_pipeline(final, image_tokenizer.cpu(), text_tokenizer, raw_model.cpu().eval())
+            save_pipeline(final, image_tokenizer.cpu(), text_tokenizer, raw_model.cpu().eval(), **carried)
             write_info(final, {"step": state.step, "selected_by": "the last step", **last})
             if n_eval:
                 (out_dir / "eval.json").write_text(json.dumps({"step": state.step, **last}, indent=2) + "\n")

@@ -36,6 +36,7 @@ from ..image_tokenizers.losses import output_bias_for, output_to_image
 from ..images import save_image_grid
 from ..metrics import codebook_stats, psnr
 from ..options import arg
+from ..pipeline.io import ATTRIBUTION_NAME, read_attribution
 from . import runtime, schedules
 from .advice import collapse_advice, say_the_grid
 from .best import BestModel, agree, write_info
@@ -252,6 +253,12 @@ def train(
 
     # ---- data: validated before any step
     ds = load_captioned_dataset(data_args, require_captions=False)
+    attribution = read_attribution(data_args.data, tok_args.eval_data, tok_args.init_from)
+
+    def write_attribution(folder: Path) -> None:  # the art the tokenizer learned from, beside its weights
+        if attribution:
+            (folder / ATTRIBUTION_NAME).write_text(attribution, encoding="utf-8")
+
     if tok_args.eval_data or tok_args.eval_split:
         eval_args = dataclasses.replace(
             data_args,
@@ -424,6 +431,7 @@ def train(
             if best.update(step, figures) and keep_best:
                 raw_model.save_pretrained(final)
                 write_info(final, best.info())
+                write_attribution(final)
                 logger.info("step %d: the best held-out PSNR so far; saved the image tokenizer to %s", step, final)
             stop = best.stop
         if agree(accelerator, stop):
@@ -461,6 +469,7 @@ def train(
             raw_model.save_pretrained(final)
             logger.info("saved the image tokenizer (the step-%d model) to %s", state.step, final)
         write_info(final, info)
+        write_attribution(final)
         if eval_images is not None:
             distance = _evaluation_distance(accelerator.device)
             with torch.no_grad():
