@@ -5,6 +5,7 @@ The browser drives the same handlers in tests/test_webui_browser.py.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import threading
@@ -17,7 +18,16 @@ from PIL import Image
 from minidalle.cli import main as cli_main
 from minidalle.cli.sample import main as sample_main
 from minidalle.errors import UserError
-from minidalle.webui import Handlers, Limits, SamplingSettings, WarmSampler, load_models, resolve_models, warm_up_all
+from minidalle.webui import (
+    BUNDLED_MODELS,
+    Handlers,
+    Limits,
+    SamplingSettings,
+    WarmSampler,
+    load_models,
+    resolve_models,
+    warm_up_all,
+)
 from minidalle.webui.handlers import friendly, open_upload
 from minidalle.webui.server import check_address
 
@@ -261,8 +271,12 @@ def test_an_unexpected_error_is_one_line_and_the_trace_goes_to_the_log(caplog):
 # --- start-up: models, address, compilation ---------------------------------------------------------------
 
 
-def test_models_are_bundled_names_or_pipeline_folders(tiny_pipeline_dir, tmp_path):
+def test_models_are_bundled_names_or_pipeline_folders(tiny_pipeline_dir, tmp_path, monkeypatch):
+    assert list(resolve_models([])) == ["shapes", "emoji"]
+    # a bundled model missing from the installation is not offered by default
+    monkeypatch.setitem(BUNDLED_MODELS, "emoji", dataclasses.replace(BUNDLED_MODELS["emoji"], folder=tmp_path / "x"))
     assert list(resolve_models([])) == ["shapes"]
+    monkeypatch.undo()
     assert resolve_models(["shapes", str(tiny_pipeline_dir)])[str(tiny_pipeline_dir)] == tiny_pipeline_dir
     with pytest.raises(UserError, match=r"--model nope: no such pipeline folder, and no bundled model .*shapes"):
         resolve_models(["nope"])

@@ -1,0 +1,317 @@
+#!/usr/bin/env python
+"""Quality of an emoji-styles pipeline: judged samples, caption ranking and held-out likelihood.
+
+    python bench/eval_emoji_model.py [--model emoji] [--data data/emoji-styles] [--out runs/eval-emoji]
+    python bench/eval_emoji_model.py --tune --write-defaults recipes/emoji_sampling.json   # choose the defaults
+
+Figures (one JSON line each, and OUT/report.json):
+- `samples`: one image per prompt with sample.py's defaults for this model (its folder's sampling
+  settings) for 400 captions of the train split and every held-out zeroshot pair, judged by
+  `minidalle eval-emoji`'s judges; each accuracy also as a fraction of the judges' own on the real
+  images (train prompts: the judges on the real test split, the same pairs' distribution; zeroshot: on
+  the real zeroshot images).
+- `rank`: `rank_captions` on the real zeroshot images: the right style among the caption of that concept
+  in every style, and the right concept among 100 captions of the same style (top-1 and top-5).
+- `likelihood`: bits per image token and bits/dim of the real test split given its captions, beside a
+  unigram model of the codes (their frequencies in the train split, add-one smoothed) and the uniform one.
+- `judges`: the judges on the real test images, on their tokenizer round trip and on mild degradations
+  (noise of 4/255, JPEG 75, a 1-pixel blur): what a judged figure can mean.
+- `--tune`: a guidance x temperature grid on 100 other train captions (never the reported ones), ranked by
+  the mean of style and subgroup accuracy; `--write-defaults FILE` stores the best as a JSON for
+  `minidalle export-pipeline --sampling_defaults`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from minidalle.data.emoji_styles.export import caption, parse_caption
+from minidalle.data.emoji_styles.judge import _image_tensor, evaluate_manifest, load_judges
+from minidalle.images import save_image_grid
+from minidalle.pipeline import MiniDallePipeline
+
+
+def read_rows(data: Path, split: str) -> list[dict]:
+    with open(data / split / "metadata.jsonl", encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def distinct_captions(rows: list[dict]) -> list[str]:
+    return list(dict.fromkeys(r["text"] for r in rows))
+
+
+def sample_and_judge(pipe, prompts: list[str], out: Path, seed: int, batch_size: int, judges, **sampling) -> dict:
+    out.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    result = pipe(prompts, num_images_per_prompt=1, seed=seed, batch_size=batch_size, **sampling)
+    with open(out / "manifest.jsonl", "w", encoding="utf-8") as f:
+        for i, (image, prompt) in enumerate(zip(result.images, result.prompts)):
+            image.save(out / f"{i:04d}.png")
+            f.write(json.dumps({"prompt": prompt, "file": f"{i:04d}.png"}) + "\n")
+    report = evaluate_manifest(out / "manifest.jsonl", judges=judges)
+    report["seconds"] = round(time.perf_counter() - start, 1)
+    return report
+
+
+def judge_test_prompts(pipe, data: Path, out: Path, seed: int, batch_size: int, judges, **sampling) -> dict:
+    """Samples for the test split's captions, judged by subgroup (and by style where the judges know it): for a
+    style the judges never saw (a fine-tune on OpenMoji), the subgroup head still reads what is drawn."""
+    prompts = distinct_captions(read_rows(data, "test"))
+    prompts = [p for p in prompts if parse_caption(p)[0] in judges.concept_subgroup]
+    out.mkdir(parents=True, exist_ok=True)
+    result = pipe(prompts, num_images_per_prompt=1, seed=seed, batch_size=batch_size, **sampling)
+    for i, image in enumerate(result.images):
+        image.save(out / f"{i:04d}.png")
+    images = torch.stack([_image_tensor(im) for im in result.images])
+    styles, subgroups = judges.predict(images)
+    truth = [parse_caption(p) for p in prompts]
+    known = [i for i, (_, style) in enumerate(truth) if style in judges.styles]
+    return {
+        "prompts": len(prompts),
+        "subgroup_accuracy": sum(g == judges.concept_subgroup[c] for g, (c, _) in zip(subgroups, truth)) / len(prompts),
+        "style_accuracy": sum(styles[i] == truth[i][1] for i in known) / len(known) if known else None,
+        "style_judged": bool(known),
+    }
+
+
+@torch.inference_mode()
+def judge_robustness(pipe, data: Path, judges, seed: int) -> dict:
+    """The judges on the real test images, on their round trip through this model's image tokenizer (the best a
+    prior over these codes could be judged), and on mild degradations that keep every shape: how much of a
+    judge's accuracy reads the object and how much the exact pixels."""
+    import io
+
+    from PIL import Image, ImageFilter
+
+    from minidalle.data.emoji_styles.judge import accuracy
+
+    rows = read_rows(data, "test")
+    real = [Image.open(data / "test" / r["file_name"]).convert("RGB") for r in rows]
+
+    def jpeg(image, quality=75):
+        buffer = io.BytesIO()
+        image.save(buffer, "JPEG", quality=quality)
+        return Image.open(buffer).convert("RGB")
+
+    def judged(images) -> dict:
+        return accuracy(judges, torch.stack([_image_tensor(im) for im in images]), rows)
+
+    noisy = torch.stack([_image_tensor(im) for im in real]).float()
+    noisy += torch.randn(noisy.shape, generator=torch.Generator().manual_seed(seed)) * 4
+    trip = [im for i in range(0, len(real), 64) for im in pipe.reconstruct(real[i : i + 64])]
+    return {
+        "real": judged(real),
+        "tokenizer_round_trip": judged(trip),
+        "gaussian_noise_4_of_255": accuracy(judges, noisy.round().clamp(0, 255).to(torch.uint8), rows),
+        "jpeg_quality_75": judged([jpeg(im) for im in real]),
+        "gaussian_blur_1px": judged([im.filter(ImageFilter.GaussianBlur(1)) for im in real]),
+        "share_of_test_in_fluent": sum(r["style"] == "fluent" for r in rows) / len(rows),
+    }
+
+
+def rank_figures(pipe, data: Path, train_rows: list[dict], seed: int, num_concepts: int = 100) -> dict:
+    """rank_captions on the real zeroshot images: style among styles, concept among same-style captions."""
+    from PIL import Image
+
+    styles = sorted({r["style"] for r in train_rows})
+    by_style: dict[str, list[str]] = {}
+    for r in train_rows:
+        by_style.setdefault(r["style"], []).append(r["concept"])
+    rng = random.Random(seed)
+    style_right = top1 = top5 = n = 0
+    for row in read_rows(data, "zeroshot"):
+        image = Image.open(data / "zeroshot" / row["file_name"]).convert("RGB")
+        ranked = pipe.rank_captions(image, [caption(row["concept"], s) for s in styles])
+        style_right += parse_caption(ranked[0][0])[1] == row["style"]
+        others = sorted(set(by_style[row["style"]]) - {row["concept"]})
+        concepts = [row["concept"], *rng.sample(others, min(num_concepts - 1, len(others)))]
+        ranked = [
+            parse_caption(c)[0] for c, _ in pipe.rank_captions(image, [caption(c, row["style"]) for c in concepts])
+        ]
+        top1 += ranked[0] == row["concept"]
+        top5 += row["concept"] in ranked[:5]
+        n += 1
+    return {
+        "images": n,
+        "style_among_styles": style_right / n,
+        "styles": len(styles),
+        "concept_top1": top1 / n,
+        "concept_top5": top5 / n,
+        "concepts": num_concepts,
+    }
+
+
+@torch.inference_mode()
+def likelihood_figures(pipe, data: Path, train_rows: list[dict], batch_size: int) -> dict:
+    """Held-out test bits per image token and bits/dim, beside a unigram and the uniform model of the codes."""
+    from PIL import Image
+
+    def codes_of(split: str, rows: list[dict]) -> torch.Tensor:
+        out = []
+        for i in range(0, len(rows), batch_size):
+            images = [Image.open(data / split / r["file_name"]).convert("RGB") for r in rows[i : i + batch_size]]
+            out.append(pipe.image_tokenizer.encode(pipe._pixels(images)).flatten(1).cpu())
+        return torch.cat(out)
+
+    test_rows = read_rows(data, "test")
+    k = pipe.image_tokenizer.num_codes
+    counts = torch.bincount(codes_of("train", train_rows).flatten(), minlength=k).double() + 1
+    log2_p = torch.log2(counts / counts.sum())
+    test_codes = codes_of("test", test_rows)
+    tokens = test_codes.shape[1]
+    nll = []
+    for i in range(0, len(test_rows), batch_size):
+        text = pipe._text_tokens([r["text"] for r in test_rows[i : i + batch_size]])
+        nll += pipe.prior.image_nll(text, test_codes[i : i + batch_size].to(pipe.device)).tolist()
+    dims = 3 * pipe.image_tokenizer.image_size**2
+    bits_token = sum(nll) / len(nll) / tokens / math.log(2)  # image_nll: nats summed over an image's codes
+    unigram = float(-log2_p[test_codes.flatten()].mean())
+    return {
+        "images": len(test_rows),
+        "bits_per_image_token": bits_token,
+        "bits_per_dim": bits_token * tokens / dims,
+        "unigram_bits_per_image_token": unigram,
+        "unigram_bits_per_dim": unigram * tokens / dims,
+        "uniform_bits_per_image_token": math.log2(k),
+        "codes_used_in_train": int((counts > 1).sum()),
+        "codes": k,
+    }
+
+
+def sample_sheet(pipe, train: list[str], zeroshot: list[str], path: Path, per_row: int, seed: int) -> None:
+    prompts = train + zeroshot
+    result = pipe(prompts, num_images_per_prompt=per_row, seed=seed)
+    pixels = pipe._pixels(result.images).cpu()
+    rows = [pixels[i * per_row : (i + 1) * per_row] for i in range(len(prompts))]
+    mark = " (zero-shot)" if train else " (held out)"
+    labels = [f"{p[2:] if p.startswith('a ') else p[3:]}" + (mark if p in zeroshot else "") for p in prompts]
+    save_image_grid(rows, path, labels=labels)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="emoji", help="pipeline folder or bundled name (default: emoji)")
+    parser.add_argument("--data", default="data/emoji-styles", help="the emoji-styles export")
+    parser.add_argument("--out", default="runs/eval-emoji")
+    parser.add_argument("--num-train", type=int, default=400, help="train captions to sample from")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument(
+        "--only",
+        nargs="*",
+        choices=["samples", "rank", "likelihood", "sheet", "test_samples", "judges"],
+        help="some figures",
+    )
+    parser.add_argument("--tune", action="store_true", help="choose guidance and temperature on other prompts")
+    parser.add_argument("--guidance", default="1.5,3,5", help="--tune's guidance scales")
+    parser.add_argument("--temperatures", default="0.5,0.8,1.0", help="--tune's temperatures")
+    parser.add_argument("--num-candidates", type=int, default=0, help="re-ranked candidates (0: the model's own)")
+    parser.add_argument("--num-tune", type=int, default=100, help="--tune's prompts")
+    parser.add_argument("--write-defaults", metavar="FILE", help="with --tune: write the best settings here")
+    args = parser.parse_args()
+
+    data, out = Path(args.data), Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    pipe = MiniDallePipeline.from_pretrained(args.model)
+    judges = load_judges()
+    train_rows = read_rows(data, "train")
+    shuffled = distinct_captions(train_rows)
+    random.Random(args.seed).shuffle(shuffled)
+    reported, tuning = shuffled[: args.num_train], shuffled[args.num_train : args.num_train + args.num_tune]
+    zeroshot = (
+        distinct_captions(read_rows(data, "zeroshot")) if (data / "zeroshot" / "metadata.jsonl").is_file() else []
+    )
+    sampling = dict(pipe.sampling_defaults)
+    if args.num_candidates:
+        sampling["num_candidates"] = args.num_candidates
+    ceiling = judges.config.get("accuracy", {})
+
+    if args.tune:
+        results = []
+        for guidance in [float(g) for g in args.guidance.split(",")]:
+            for temperature in [float(t) for t in args.temperatures.split(",")]:
+                settings = {**sampling, "guidance_scale": guidance, "temperature": temperature}
+                report = sample_and_judge(
+                    pipe,
+                    tuning,
+                    out / f"tune-g{guidance:g}-t{temperature:g}",
+                    args.seed,
+                    args.batch_size,
+                    judges,
+                    **settings,
+                )
+                row = {
+                    "figure": "tune",
+                    **settings,
+                    **{k: report[k] for k in ("style_accuracy", "subgroup_accuracy", "seconds")},
+                }
+                results.append(row)
+                print(json.dumps(row), flush=True)
+        best = max(results, key=lambda r: r["style_accuracy"] + r["subgroup_accuracy"])
+        chosen = {k: best[k] for k in ("guidance_scale", "temperature", "top_k", "top_p", "num_candidates")}
+        print(json.dumps({"figure": "tune_best", "prompts": len(tuning), **chosen}))
+        (out / "tune.json").write_text(json.dumps({"results": results, "best": chosen}, indent=2) + "\n")
+        if args.write_defaults:
+            Path(args.write_defaults).write_text(json.dumps(chosen, indent=2) + "\n")
+        return
+
+    figures = {"model": str(args.model), "sampling": sampling}
+    only = set(args.only or ["samples", "rank", "likelihood", "sheet", "judges"])
+    if "samples" in only:
+        for name, prompts, split in (("train", reported, "test"), ("zeroshot", zeroshot, "zeroshot")):
+            report = sample_and_judge(
+                pipe, prompts, out / f"samples-{name}", args.seed, args.batch_size, judges, **sampling
+            )
+            row = {
+                "figure": "samples",
+                "set": name,
+                "prompts": len(prompts),
+                "style_accuracy": report["style_accuracy"],
+                "subgroup_accuracy": report["subgroup_accuracy"],
+                "judges_on_real": {"split": split, **ceiling.get(split, {})},
+                "style_of_ceiling": report["style_accuracy"] / ceiling[split]["style"] if split in ceiling else None,
+                "subgroup_of_ceiling": report["subgroup_accuracy"] / ceiling[split]["subgroup"]
+                if split in ceiling
+                else None,
+                "per_style": report["per_style"],
+                "seconds": report["seconds"],
+            }
+            figures[f"samples_{name}"] = row
+            print(json.dumps(row), flush=True)
+    if "judges" in only:
+        figures["judges"] = {"figure": "judges", **judge_robustness(pipe, data, judges, args.seed)}
+        print(json.dumps(figures["judges"]), flush=True)
+    if "test_samples" in only:  # not in the default set: for a fine-tune's own data
+        row = judge_test_prompts(pipe, data, out / "samples-test", args.seed, args.batch_size, judges, **sampling)
+        figures["test_samples"] = {"figure": "test_samples", **row}
+        print(json.dumps(figures["test_samples"]), flush=True)
+    if "rank" in only:
+        start = time.perf_counter()
+        figures["rank"] = {"figure": "rank", **rank_figures(pipe, data, train_rows, args.seed)}
+        figures["rank"]["seconds"] = round(time.perf_counter() - start, 1)
+        print(json.dumps(figures["rank"]), flush=True)
+    if "likelihood" in only:
+        figures["likelihood"] = {"figure": "likelihood", **likelihood_figures(pipe, data, train_rows, args.batch_size)}
+        print(json.dumps(figures["likelihood"]), flush=True)
+    if "sheet" in only:
+        sheet = out / "sample-sheet.png"
+        # train and zero-shot prompts; for an export without a zeroshot split (one new style): test prompts
+        held = zeroshot[:5] or distinct_captions(read_rows(data, "test"))[:5]
+        sample_sheet(pipe, reported[: 5 if zeroshot else 0], held, sheet, per_row=6, seed=args.seed)
+        print(json.dumps({"figure": "sheet", "path": str(sheet)}))
+    name = "report.json" if args.only is None else f"report-{'-'.join(sorted(only))}.json"
+    (out / name).write_text(json.dumps(figures, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# The bundled emoji model (`sample.py --model emoji`): the whole pipeline trained on the emoji-styles
+# train split (seven open emoji sets, 64 px; the sets' licences in minidalle/emoji_model/ATTRIBUTION.md).
+# Rerun from the repository root:  bash recipes/emoji_styles.sh
+# Needs npm (or EMOJI_SOURCE=DIR of the pinned tarballs) for the export. THREADS=N sets torch's threads.
+# Wall times and the machine are appended to $OUT/recipe_times.txt.
+set -euo pipefail
+out=${OUT:-runs/emoji}
+data=${DATA:-data/emoji-styles}
+threads=${THREADS:-0}
+mkdir -p "$out"
+stamp() { echo "$1 $(date -u +%FT%TZ) $(nproc) cores $(uname -m) $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)" >> "$out/recipe_times.txt"; }
+
+stamp start
+# The dataset: train / test / zeroshot splits (re-running is idempotent: a finished export is kept)
+minidalle export-dataset emoji-styles --out "$data" --resolution 64 ${EMOJI_SOURCE:+--source "$EMOJI_SOURCE"}
+stamp export-done
+
+# Stage 1: the image tokenizer, FSQ 8x8 cells of 7,200 codes, L1 + perceptual (the stage-1 comparison's
+# choice for the prior: see the README's "Stage 1 on real images"; flags in recipes/tokenizer_emoji_fsq.json)
+python train_tokenizer.py --config recipes/tokenizer_emoji_fsq.json --data "$data" --output_dir "$out/tokenizer" \
+    --threads "$threads" --overwrite_output_dir
+stamp tokenizer-done
+
+# Stage 2: encode once, a BPE text tokenizer on the captions, and the prior (flags in recipes/prior_emoji.json)
+python train_prior.py --config recipes/prior_emoji.json --data "$data" \
+    --image_tokenizer "$out/tokenizer/image_tokenizer" --output_dir "$out/prior" --threads "$threads" --overwrite_output_dir
+stamp prior-done
+
+# Bundle: float16 weights inside the package, with the sets' attribution beside them
+minidalle export-pipeline --source "$out/prior/pipeline" --out minidalle/emoji_model --dtype float16
+cp "$data/ATTRIBUTION.md" minidalle/emoji_model/ATTRIBUTION.md
+stamp end
