@@ -27,7 +27,11 @@ python train_prior.py --config recipes/prior_emoji.json --data "$data" \
     --image_tokenizer "$out/tokenizer/image_tokenizer" --output_dir "$out/prior" --threads "$threads" --overwrite_output_dir
 stamp prior-done
 
-# Bundle: float16 weights inside the package, with the sets' attribution beside them
-minidalle export-pipeline --source "$out/prior/pipeline" --out minidalle/emoji_model --dtype float16
-cp "$data/ATTRIBUTION.md" minidalle/emoji_model/ATTRIBUTION.md
+# Bundle: float16 weights inside the package; the sets' attribution travels with the pipeline (the trainers copy
+# the export's ATTRIBUTION.md). The sampling defaults were chosen on 100 train captions that are not reported
+# (run here on the float16 export before its defaults were stored; the figures in runs/eval-emoji/tune.json):
+#   python bench/eval_emoji_model.py --model "$out/prior/pipeline" --tune --guidance 1.5,3,5 \
+#       --temperatures 0.3,0.7,1.0 --write-defaults recipes/emoji_sampling.json
+minidalle export-pipeline --source "$out/prior/pipeline" --out minidalle/emoji_model --dtype float16 \
+    --sampling_defaults recipes/emoji_sampling.json
 stamp end
