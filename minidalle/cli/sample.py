@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..pipeline.pipeline import SAMPLING_DEFAULTS, bundled_names
+from ..pipeline.pipeline import BUNDLED_NAMES, SAMPLING_DEFAULTS
 from .args import UserError, arg, command
 
 # what sample.py writes into --out (a re-run into the same folder removes these and nothing else)
@@ -104,7 +104,7 @@ def bundled_models_epilog() -> str:
     from ..pipeline.pipeline import BUNDLED_MODELS
 
     lines = ["bundled models (--model NAME):"]
-    for name in bundled_names().split(", "):
+    for name in BUNDLED_NAMES:
         folder = BUNDLED_MODELS[name]
         attribution = folder / "ATTRIBUTION.md"
         if not (folder / "model_index.json").is_file():

@@ -41,8 +41,7 @@ BUNDLED_MODELS = {"shapes": DEFAULT_MODEL, "emoji": EMOJI_MODEL, "default": DEFA
 SAMPLING_DEFAULTS = {"guidance_scale": 1.5, "temperature": 0.3, "top_k": 0, "top_p": 1.0, "num_candidates": 8}
 
 
-def bundled_names() -> str:
-    return ", ".join(name for name in BUNDLED_MODELS if name != "default")
+BUNDLED_NAMES = tuple(name for name in BUNDLED_MODELS if name != "default")  # the names users are shown
 
 
 def resolve_model(model: str | Path | None) -> Path:
@@ -61,7 +60,7 @@ def resolve_model(model: str | Path | None) -> Path:
         return bundled
     if not folder.exists():
         raise UserError(
-            f"{model}: no such model folder, and no bundled model of that name (bundled: {bundled_names()})"
+            f"{model}: no such model folder, and no bundled model of that name (bundled: {', '.join(BUNDLED_NAMES)})"
         )
     return folder
 
