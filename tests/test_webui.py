@@ -332,3 +332,30 @@ def test_the_page_builds_with_its_three_tabs(handlers):
     labels = {c.get("props", {}).get("label") for c in config["components"]}
     assert {"Generate", "Score", "Complete"} <= labels
     assert {d["api_name"] for d in config["dependencies"]} >= {"generate", "score", "complete"}
+
+
+def test_the_sliders_start_at_and_follow_each_models_own_settings(tiny_pipeline_dir, tmp_path):
+    """A model folder's sampling settings (model_index.json) are where the sliders start and where picking that
+    model moves them; a folder without them gets the library's."""
+    pytest.importorskip("gradio", reason="the ui extra is not installed")
+    from minidalle.pipeline import SAMPLING_DEFAULTS
+    from minidalle.pipeline.io import load_pipeline_parts, save_pipeline
+    from minidalle.webui.app import build_app
+
+    own = {"guidance_scale": 2.5, "temperature": 0.7, "top_k": 5, "num_candidates": 2}
+    own_dir = save_pipeline(tmp_path / "own", *load_pipeline_parts(tiny_pipeline_dir), own)
+    handlers = Handlers(load_models(resolve_models([str(own_dir), str(tiny_pipeline_dir)]), device="cpu"))
+    app = build_app(handlers)
+    values = {c["props"].get("elem_id"): c["props"].get("value") for c in app.get_config_file()["components"]}
+    assert values["generate-guidance"] == 2.5 and values["generate-temperature"] == 0.7
+    assert values["generate-top-k"] == 5 and values["generate-candidates"] == 2
+    assert values["complete-guidance"] == 2.5 and values["complete-candidates"] == 1
+    picker = next(c["id"] for c in app.get_config_file()["components"] if c["props"].get("elem_id") == "model")
+    (follow,) = [f for f in app.fns.values() if any(t[0] == picker for t in f.targets)]
+    plain, with_own = follow.fn(str(tiny_pipeline_dir)), follow.fn(str(own_dir))
+    assert plain == [SAMPLING_DEFAULTS[k] for k in ("guidance_scale", "temperature", "top_k", "top_p")] + [
+        SAMPLING_DEFAULTS["num_candidates"],
+        SAMPLING_DEFAULTS["guidance_scale"],
+        SAMPLING_DEFAULTS["temperature"],
+    ]
+    assert with_own == [2.5, 0.7, 5, 1.0, 2, 2.5, 0.7]

@@ -40,6 +40,15 @@ def _upload_path(value) -> str | None:
     return value or None
 
 
+SLIDERS_FOLLOWING_THE_MODEL = ("guidance_scale", "temperature", "top_k", "top_p", "num_candidates")
+
+
+def slider_values(settings: dict) -> list:
+    """A model's sampling settings -> the values of the sliders that follow the model picker: the Generate tab's
+    guidance, temperature, top-k, top-p and candidates, then the Complete tab's guidance and temperature."""
+    return [settings[k] for k in SLIDERS_FOLLOWING_THE_MODEL] + [settings["guidance_scale"], settings["temperature"]]
+
+
 def build_app(handlers: Handlers, concurrency: int = 1):
     """The gr.Blocks page for `handlers`' models (launch it with `server.launch`)."""
     import gradio as gr
@@ -50,9 +59,11 @@ def build_app(handlers: Handlers, concurrency: int = 1):
     max_codes = max(m.pipe.prior.config.num_image_codes for m in models.values())
     max_grid = max(m.pipe.prior.config.image_grid for m in models.values())
     lim = handlers.limits
+    start = first.sampling_defaults  # the sliders start at the first model's own settings, and follow the picker
     queued = dict(preprocess=False, concurrency_limit=concurrency, concurrency_id="models")
 
     def sampling_controls(tab: str, candidates: int, with_top: bool, images_label: str = "Images per prompt"):
+        """The sampling sliders of one tab, at the first model's sampling settings (`candidates`: this tab's)."""
         with gr.Row():
             images = gr.Slider(1, lim.max_images, value=4, step=1, label=images_label, elem_id=f"{tab}-images")
             n_candidates = gr.Slider(
@@ -65,17 +76,29 @@ def build_app(handlers: Handlers, concurrency: int = 1):
             )
         with gr.Row():
             guidance = gr.Slider(
-                1, lim.max_guidance, value=1.5, step=0.1, label="Guidance (1: off)", elem_id=f"{tab}-guidance"
+                1,
+                lim.max_guidance,
+                value=start["guidance_scale"],
+                step=0.1,
+                label="Guidance (1: off)",
+                elem_id=f"{tab}-guidance",
             )
             temperature = gr.Slider(
-                0, lim.max_temperature, value=0.3, step=0.05, label="Temperature", elem_id=f"{tab}-temperature"
+                0,
+                lim.max_temperature,
+                value=start["temperature"],
+                step=0.05,
+                label="Temperature",
+                elem_id=f"{tab}-temperature",
             )
         top = []
         if with_top:
             with gr.Row():
                 top = [
-                    gr.Slider(0, max_codes, value=0, step=1, label="Top-k (0: all codes)", elem_id=f"{tab}-top-k"),
-                    gr.Slider(0.01, 1, value=1.0, step=0.01, label="Top-p", elem_id=f"{tab}-top-p"),
+                    gr.Slider(
+                        0, max_codes, value=start["top_k"], step=1, label="Top-k (0: all codes)", elem_id=f"{tab}-top-k"
+                    ),
+                    gr.Slider(0.01, 1, value=start["top_p"], step=0.01, label="Top-p", elem_id=f"{tab}-top-p"),
                 ]
         seed = gr.Textbox(value="", label="Seed", placeholder="random", max_lines=1, elem_id=f"{tab}-seed")
         return images, guidance, temperature, top, n_candidates, seed
@@ -101,7 +124,7 @@ def build_app(handlers: Handlers, concurrency: int = 1):
                     )
                     generate = gr.Button("Generate", variant="primary", elem_id="generate-button")
                     images, guidance, temperature, (top_k, top_p), candidates, seed = sampling_controls(
-                        "generate", 8, True
+                        "generate", start["num_candidates"], True
                     )
                 with gr.Column(scale=3):
                     gallery = gr.Gallery(
@@ -222,4 +245,15 @@ def build_app(handlers: Handlers, concurrency: int = 1):
                 api_name="complete",
                 **queued,
             )
+
+        def follow(name):
+            return slider_values(models[name].pipe.sampling_defaults if name in models else start)
+
+        model.change(
+            follow,
+            [model],
+            [guidance, temperature, top_k, top_p, candidates, c_guidance, c_temperature],
+            api_name=False,
+            queue=False,
+        )
     return app
