@@ -299,6 +299,10 @@ def test_rank_captions_sorts_by_log_prob(pipe):
     scores = {r["caption"]: r["log_prob"] for r in pipe.score([image] * 4, candidates)}
     for caption, value in ranked:
         assert value == pytest.approx(scores[caption], rel=1e-5)
+    many = [f"{c} number {i}" for i in range(18) for c in candidates]  # 72: more than one batch of the prior
+    scores = {r["caption"]: r["log_prob"] for r in pipe.score([image] * len(many), many)}
+    ranked = pipe.rank_captions(image, many)
+    assert len(ranked) == len(many) and all(v == pytest.approx(scores[c], rel=1e-5) for c, v in ranked)
 
 
 # --- loading errors --------------------------------------------------------------------------

@@ -331,7 +331,13 @@ class MiniDallePipeline:
 
     def rank_captions(self, image, candidates: Sequence[str]) -> list[tuple[str, float]]:
         """Candidates ordered from most to least likely for `image`: (caption, log p(codes | caption))."""
-        pixels = self._pixels(image)[:1]
-        # one image: log p given the empty caption is the same for every candidate, so log p ranks as pmi does
-        scores = self.score(pixels.expand(len(candidates), -1, -1, -1), list(candidates), pmi=False)
+        captions = check_prompts(list(candidates))
+        self._warn_long_prompts(captions)
+        # one image, encoded once; log p given the empty caption is the same for every candidate, so log p
+        # ranks as pmi does
+        codes = self.image_tokenizer.encode(self._pixels(image)[:1]).flatten(1)
+        scores = []
+        for start in range(0, len(captions), 64):
+            chunk = captions[start : start + 64]
+            scores += self._score_codes(codes.expand(len(chunk), -1), chunk, pmi=False)
         return sorted(((s["caption"], s["log_prob"]) for s in scores), key=lambda pair: -pair[1])
