@@ -14,8 +14,8 @@ Figures (one JSON line each, and OUT/report.json):
   in every style, and the right concept among 100 captions of the same style (top-1 and top-5).
 - `likelihood`: bits per image token and bits/dim of the real test split given its captions, beside a
   unigram model of the codes (their frequencies in the train split, add-one smoothed) and the uniform one.
-- `judges`: the judges on the real test images, on their tokenizer round trip and on mild degradations
-  (noise of 4/255, JPEG 75, a 1-pixel blur): what a judged figure can mean.
+- `judges`: the judges on the real test and zeroshot images, on mild degradations (noise of 4/255, JPEG 75,
+  a 1-pixel blur) and on their round trip through the model's image tokenizer: what a judged figure can mean.
 - `--tune`: a guidance x temperature grid on 100 other train captions (never the reported ones), ranked by
   the mean of style and subgroup accuracy; `--write-defaults FILE` stores the best as a JSON for
   `minidalle export-pipeline --sampling_defaults`.
@@ -39,6 +39,9 @@ from minidalle.data.emoji_styles.export import caption, parse_caption
 from minidalle.data.emoji_styles.judge import _image_tensor, evaluate_manifest, load_judges
 from minidalle.images import save_image_grid
 from minidalle.pipeline import MiniDallePipeline
+from minidalle.pipeline.pipeline import resolve_model
+
+MODEL_FOLDER: Path | None = None  # the folder main() loaded the pipeline from (recorded with the samples)
 
 
 def read_rows(data: Path, split: str) -> list[dict]:
@@ -50,30 +53,51 @@ def distinct_captions(rows: list[dict]) -> list[str]:
     return list(dict.fromkeys(r["text"] for r in rows))
 
 
-def sample_and_judge(pipe, prompts: list[str], out: Path, seed: int, batch_size: int, judges, **sampling) -> dict:
+def draw(pipe, prompts: list[str], out: Path, seed: int, batch_size: int, reuse: bool, **sampling) -> list:
+    """One sample per prompt, saved in `out` with a manifest.jsonl and what drew them (`drawn.json`); with
+    `reuse`, the images already there are taken when `drawn.json` says they were drawn exactly so (the same
+    model folder, prompts, seed and settings: sampling is seeded per image, so drawing them again gives them
+    again)."""
+    from PIL import Image
+
+    drawn = {"model": str(MODEL_FOLDER), "prompts": prompts, "seed": seed, "sampling": sampling}
+    record = out / "drawn.json"
+    if reuse and record.is_file() and json.loads(record.read_text()) == json.loads(json.dumps(drawn)):
+        print(f"reusing the samples in {out}", file=sys.stderr)
+        return [Image.open(out / f"{i:04d}.png").convert("RGB") for i in range(len(prompts))]
     out.mkdir(parents=True, exist_ok=True)
-    start = time.perf_counter()
+    record.unlink(missing_ok=True)
     result = pipe(prompts, num_images_per_prompt=1, seed=seed, batch_size=batch_size, **sampling)
     with open(out / "manifest.jsonl", "w", encoding="utf-8") as f:
         for i, (image, prompt) in enumerate(zip(result.images, result.prompts)):
             image.save(out / f"{i:04d}.png")
             f.write(json.dumps({"prompt": prompt, "file": f"{i:04d}.png"}) + "\n")
+    record.write_text(json.dumps(drawn, indent=1) + "\n")
+    return result.images
+
+
+def shares(report: dict, ceiling: dict | None, suffix: str) -> dict:
+    """A sample report's style and subgroup accuracy as fractions of the judges' own on some images."""
+    if not ceiling:
+        return {}
+    return {f"{k}_{suffix}": report[f"{k}_accuracy"] / ceiling[k] for k in ("style", "subgroup") if ceiling[k]}
+
+
+def sample_and_judge(pipe, prompts, out: Path, seed: int, batch_size: int, judges, reuse=False, **sampling) -> dict:
+    start = time.perf_counter()
+    draw(pipe, prompts, out, seed, batch_size, reuse, **sampling)
     report = evaluate_manifest(out / "manifest.jsonl", judges=judges)
     report["seconds"] = round(time.perf_counter() - start, 1)
     return report
 
 
-def judge_test_prompts(pipe, data: Path, out: Path, seed: int, batch_size: int, judges, **sampling) -> dict:
+def judge_test_prompts(pipe, data: Path, out: Path, seed: int, batch_size: int, judges, reuse=False, **sampling):
     """Samples for the test split's captions, judged by subgroup (and by style where the judges know it): for a
     style the judges never saw (a fine-tune on OpenMoji), the subgroup head still reads what is drawn."""
     prompts = distinct_captions(read_rows(data, "test"))
     prompts = [p for p in prompts if parse_caption(p)[0] in judges.concept_subgroup]
-    out.mkdir(parents=True, exist_ok=True)
-    result = pipe(prompts, num_images_per_prompt=1, seed=seed, batch_size=batch_size, **sampling)
-    for i, image in enumerate(result.images):
-        image.save(out / f"{i:04d}.png")
-    images = torch.stack([_image_tensor(im) for im in result.images])
-    styles, subgroups = judges.predict(images)
+    images = draw(pipe, prompts, out, seed, batch_size, reuse, **sampling)
+    styles, subgroups = judges.predict(torch.stack([_image_tensor(im) for im in images]))
     truth = [parse_caption(p) for p in prompts]
     known = [i for i, (_, style) in enumerate(truth) if style in judges.styles]
     return {
@@ -84,39 +108,18 @@ def judge_test_prompts(pipe, data: Path, out: Path, seed: int, batch_size: int, 
     }
 
 
-@torch.inference_mode()
-def judge_robustness(pipe, data: Path, judges, seed: int) -> dict:
-    """The judges on the real test images, on their round trip through this model's image tokenizer (the best a
-    prior over these codes could be judged), and on mild degradations that keep every shape: how much of a
-    judge's accuracy reads the object and how much the exact pixels."""
-    import io
+def judge_robustness(model: str, data: Path, judges, seed: int) -> dict:
+    """The judges on the real test and zeroshot images, on mild degradations that keep every shape (noise of
+    4/255, JPEG 75, a 1-pixel blur) and on the round trip through this model's image tokenizer (the best a
+    prior over these codes could be judged): how much of a judge's accuracy reads what is drawn."""
+    from minidalle.data.emoji_styles.judge import read_split, robustness, round_trips
 
-    from PIL import Image, ImageFilter
-
-    from minidalle.data.emoji_styles.judge import accuracy
-
-    rows = read_rows(data, "test")
-    real = [Image.open(data / "test" / r["file_name"]).convert("RGB") for r in rows]
-
-    def jpeg(image, quality=75):
-        buffer = io.BytesIO()
-        image.save(buffer, "JPEG", quality=quality)
-        return Image.open(buffer).convert("RGB")
-
-    def judged(images) -> dict:
-        return accuracy(judges, torch.stack([_image_tensor(im) for im in images]), rows)
-
-    noisy = torch.stack([_image_tensor(im) for im in real]).float()
-    noisy += torch.randn(noisy.shape, generator=torch.Generator().manual_seed(seed)) * 4
-    trip = [im for i in range(0, len(real), 64) for im in pipe.reconstruct(real[i : i + 64])]
-    return {
-        "real": judged(real),
-        "tokenizer_round_trip": judged(trip),
-        "gaussian_noise_4_of_255": accuracy(judges, noisy.round().clamp(0, 255).to(torch.uint8), rows),
-        "jpeg_quality_75": judged([jpeg(im) for im in real]),
-        "gaussian_blur_1px": judged([im.filter(ImageFilter.GaussianBlur(1)) for im in real]),
-        "share_of_test_in_fluent": sum(r["style"] == "fluent" for r in rows) / len(rows),
-    }
+    figures = {}
+    for split in ("test", "zeroshot"):
+        images, rows = read_split(data, split)
+        figures[split] = robustness(judges, images, rows, seed, round_trips(images, model, progress=False))
+        figures[split]["share_in_fluent"] = sum(r["style"] == "fluent" for r in rows) / len(rows)
+    return figures
 
 
 def rank_figures(pipe, data: Path, train_rows: list[dict], seed: int, num_concepts: int = 100) -> dict:
@@ -188,6 +191,17 @@ def likelihood_figures(pipe, data: Path, train_rows: list[dict], batch_size: int
     }
 
 
+def one_per_style(captions: list[str], n: int) -> list[str]:
+    """The first `n` captions of distinct styles (then of any style, once every style has one)."""
+    picked, seen = [], set()
+    for text in captions:
+        if parse_caption(text)[1] not in seen:
+            picked.append(text)
+            seen.add(parse_caption(text)[1])
+    picked += [text for text in captions if text not in picked]
+    return picked[:n]
+
+
 def sample_sheet(pipe, train: list[str], zeroshot: list[str], path: Path, per_row: int, seed: int) -> None:
     prompts = train + zeroshot
     result = pipe(prompts, num_images_per_prompt=per_row, seed=seed)
@@ -203,6 +217,7 @@ def main() -> None:
     parser.add_argument("--model", default="emoji", help="pipeline folder or bundled name (default: emoji)")
     parser.add_argument("--data", default="data/emoji-styles", help="the emoji-styles export")
     parser.add_argument("--out", default="runs/eval-emoji")
+    parser.add_argument("--judges", help="a folder of judges from train-emoji-judges (default: the shipped ones)")
     parser.add_argument("--num-train", type=int, default=400, help="train captions to sample from")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch-size", type=int, default=64)
@@ -211,6 +226,9 @@ def main() -> None:
         nargs="*",
         choices=["samples", "rank", "likelihood", "sheet", "test_samples", "judges"],
         help="some figures",
+    )
+    parser.add_argument(
+        "--reuse-samples", action="store_true", help="judge samples already in OUT when drawn with these settings"
     )
     parser.add_argument("--tune", action="store_true", help="choose guidance and temperature on other prompts")
     parser.add_argument("--guidance", default="1.5,3,5", help="--tune's guidance scales")
@@ -222,8 +240,10 @@ def main() -> None:
 
     data, out = Path(args.data), Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    global MODEL_FOLDER
+    MODEL_FOLDER = resolve_model(args.model).resolve()
     pipe = MiniDallePipeline.from_pretrained(args.model)
-    judges = load_judges()
+    judges = load_judges(args.judges)
     train_rows = read_rows(data, "train")
     shuffled = distinct_captions(train_rows)
     random.Random(args.seed).shuffle(shuffled)
@@ -269,9 +289,8 @@ def main() -> None:
     only = set(args.only or ["samples", "rank", "likelihood", "sheet", "judges"])
     if "samples" in only:
         for name, prompts, split in (("train", reported, "test"), ("zeroshot", zeroshot, "zeroshot")):
-            report = sample_and_judge(
-                pipe, prompts, out / f"samples-{name}", args.seed, args.batch_size, judges, **sampling
-            )
+            where, reuse = out / f"samples-{name}", args.reuse_samples
+            report = sample_and_judge(pipe, prompts, where, args.seed, args.batch_size, judges, reuse, **sampling)
             row = {
                 "figure": "samples",
                 "set": name,
@@ -279,20 +298,23 @@ def main() -> None:
                 "style_accuracy": report["style_accuracy"],
                 "subgroup_accuracy": report["subgroup_accuracy"],
                 "judges_on_real": {"split": split, **ceiling.get(split, {})},
-                "style_of_ceiling": report["style_accuracy"] / ceiling[split]["style"] if split in ceiling else None,
-                "subgroup_of_ceiling": report["subgroup_accuracy"] / ceiling[split]["subgroup"]
-                if split in ceiling
-                else None,
+                **shares(report, ceiling.get(split), "of_ceiling"),
+                # the judges on those real images after this tokenizer's round trip, when they were trained beside
+                # it: the best samples decoded by it could be judged
+                "judges_on_round_trip": report["judges_round_trip"].get(split),
+                **shares(report, report["judges_round_trip"].get(split), "of_round_trip"),
                 "per_style": report["per_style"],
                 "seconds": report["seconds"],
             }
             figures[f"samples_{name}"] = row
             print(json.dumps(row), flush=True)
     if "judges" in only:
-        figures["judges"] = {"figure": "judges", **judge_robustness(pipe, data, judges, args.seed)}
+        figures["judges"] = {"figure": "judges", **judge_robustness(args.model, data, judges, args.seed)}
         print(json.dumps(figures["judges"]), flush=True)
     if "test_samples" in only:  # not in the default set: for a fine-tune's own data
-        row = judge_test_prompts(pipe, data, out / "samples-test", args.seed, args.batch_size, judges, **sampling)
+        row = judge_test_prompts(
+            pipe, data, out / "samples-test", args.seed, args.batch_size, judges, args.reuse_samples, **sampling
+        )
         figures["test_samples"] = {"figure": "test_samples", **row}
         print(json.dumps(figures["test_samples"]), flush=True)
     if "rank" in only:
@@ -306,8 +328,8 @@ def main() -> None:
     if "sheet" in only:
         sheet = out / "sample-sheet.png"
         # train and zero-shot prompts; for an export without a zeroshot split (one new style): test prompts
-        held = zeroshot[:5] or distinct_captions(read_rows(data, "test"))[:5]
-        sample_sheet(pipe, reported[: 5 if zeroshot else 0], held, sheet, per_row=6, seed=args.seed)
+        held = one_per_style(zeroshot or distinct_captions(read_rows(data, "test")), 5)
+        sample_sheet(pipe, one_per_style(reported, 5) if zeroshot else [], held, sheet, per_row=6, seed=args.seed)
         print(json.dumps({"figure": "sheet", "path": str(sheet)}))
     name = "report.json" if args.only is None else f"report-{'-'.join(sorted(only))}.json"
     (out / name).write_text(json.dumps(figures, indent=2) + "\n")

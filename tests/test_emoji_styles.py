@@ -583,4 +583,57 @@ def test_train_judges_on_a_tiny_export(exported, tmp_path, capsys):
     assert config["accuracy"]["zeroshot"]["images"] == summary["totals"]["zeroshot"]
     judges = J.load_judges(tmp_path / "judges")
     assert judges.styles == ["alpha", "beta", "gamma"] and "dog-face" in judges.concept_subgroup
-    assert "zeroshot: style" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "zeroshot real" in printed and "jpeg_quality_75" in printed
+    conditions = {"real", "gaussian_noise_4_of_255", "jpeg_quality_75", "gaussian_blur_1px"}
+    assert set(config["robustness"]["test"]) == conditions
+    assert config["robustness"]["test"]["real"] == config["accuracy"]["test"]
+    assert config["training"]["augmentation"]["degrade_p"] == 0.5
+
+
+def test_train_judges_with_tokenizer_round_trips(exported, tiny_image_tokenizer_dir, tmp_path):
+    """--round_trip_model: the round trips are reported beside the real images (and used in training)."""
+    from minidalle.data.emoji_styles import judge as J
+
+    out, _ = exported
+    config = J.train_judges(
+        out,
+        out_dir=tmp_path / "judges",
+        epochs=1,
+        batch_size=32,
+        progress=False,
+        round_trip_model=tiny_image_tokenizer_dir,
+        round_trip_p=0.5,
+    )
+    assert "tokenizer_round_trip" in config["robustness"]["zeroshot"]
+    assert config["training"]["augmentation"]["round_trip_model"] == str(tiny_image_tokenizer_dir)
+    with pytest.raises(UserError, match="no such model folder"):
+        J.train_judges(out, out_dir=tmp_path / "j2", epochs=1, progress=False, round_trip_model=tmp_path / "nope")
+
+
+def test_degrade_changes_the_chosen_share_of_images_reproducibly():
+    import torch
+
+    from minidalle.data.emoji_styles import judge as J
+
+    x = (torch.rand(200, 3, 64, 64, generator=torch.Generator().manual_seed(1)) * 255).to(torch.uint8)
+    assert torch.equal(J.degrade(x, torch.Generator().manual_seed(0), p=0.0), x)
+    every = J.degrade(x, torch.Generator().manual_seed(0), p=1.0)
+    assert every.dtype == torch.uint8 and every.shape == x.shape
+    assert (every != x).flatten(1).any(1).all()  # noise, JPEG, blur and resampling all move a random image
+    half = J.degrade(x, torch.Generator().manual_seed(0), p=0.5)
+    assert 60 <= int((half != x).flatten(1).any(1).sum()) <= 140
+    assert torch.equal(half, J.degrade(x, torch.Generator().manual_seed(0), p=0.5))
+
+
+def test_gaussian_blur_keeps_flat_images_and_the_mean():
+    import torch
+
+    from minidalle.data.emoji_styles import judge as J
+
+    flat = torch.full((1, 3, 16, 16), 200.0)
+    assert torch.allclose(J.gaussian_blur(flat, 1.0), flat)
+    x = torch.zeros(1, 3, 33, 33)
+    x[..., 16, 16] = 1.0
+    y = J.gaussian_blur(x, 1.0)
+    assert y.shape == x.shape and abs(float(y.sum()) - 3.0) < 1e-4 and float(y.max()) < 0.2

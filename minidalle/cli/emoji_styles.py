@@ -107,6 +107,24 @@ class TrainEmojiJudgesArgs:
     lr: float = arg(2e-3, help="Peak learning rate (AdamW, one-cycle).", minimum=0)
     seed: int = arg(0, help="Seed of initialisation, shuffling and augmentation.")
     threads: int = arg(1, help="torch CPU threads.", minimum=1)
+    degrade_p: float = arg(
+        0.5,
+        help="Share of training images degraded by noise, JPEG, blur or resampling (what decoded images look "
+        "like), so the judges read what is drawn rather than exact pixels; 0 turns it off.",
+        minimum=0,
+        maximum=1,
+    )
+    round_trip_model: str | None = arg(
+        None,
+        help="A bundled model's name or a pipeline / image-tokenizer folder: its tokenizer's round trips of the "
+        "images are reported as a ceiling, and used in training with --round_trip_p.",
+    )
+    round_trip_p: float = arg(
+        0.25,
+        help="Share of training images replaced by their round trip (with --round_trip_model).",
+        minimum=0,
+        maximum=1,
+    )
     no_progress: bool = arg(False, help="No progress bar.")
 
 
@@ -131,4 +149,7 @@ def train_emoji_judges_main(args: TrainEmojiJudgesArgs, _) -> None:
         seed=args.seed,
         threads=args.threads,
         progress=not args.no_progress,
+        degrade_p=args.degrade_p,
+        round_trip_model=args.round_trip_model,
+        round_trip_p=args.round_trip_p,
     )

@@ -165,6 +165,85 @@ def _augment(x: torch.Tensor, generator: torch.Generator, shift: int = 4) -> tor
     return out
 
 
+def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """(B, 3, H, W) float images blurred by a separable Gaussian of `sigma` px (edges replicated)."""
+    radius = max(1, math.ceil(2.5 * sigma))
+    t = torch.arange(-radius, radius + 1, dtype=x.dtype)
+    k = torch.exp(-0.5 * (t / sigma) ** 2)
+    k = (k / k.sum()).repeat(x.shape[1], 1)
+    x = F.conv2d(F.pad(x, (radius, radius, 0, 0), mode="replicate"), k[:, None, None, :], groups=x.shape[1])
+    return F.conv2d(F.pad(x, (0, 0, radius, radius), mode="replicate"), k[:, None, :, None], groups=x.shape[1])
+
+
+def jpeg(x: torch.Tensor, quality: int) -> torch.Tensor:
+    """(3, H, W) uint8 -> the same image after JPEG compression at `quality` (PIL, 4:2:0 chroma)."""
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(x.permute(1, 2, 0).numpy()).save(buffer, "JPEG", quality=quality)
+    buffer.seek(0)
+    with Image.open(buffer) as image:
+        return torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.uint8).copy()).permute(2, 0, 1)
+
+
+DEGRADATIONS = ("noise", "jpeg", "blur", "resample", "blur+noise")
+
+
+def degrade(x: torch.Tensor, generator: torch.Generator, p: float = 0.5) -> torch.Tensor:
+    """Each of (B, 3, 64, 64) uint8 images, with probability `p`, degraded by one of `DEGRADATIONS` at a random
+    strength: Gaussian noise (sigma 1-10 of 255), JPEG (quality 30-95), Gaussian blur (sigma 0.4-1.5 px), a
+    bilinear round trip through 20-48 px, or blur then noise. What a decoder's output looks like (soft edges,
+    ringing, grain) without the exact colours and edges a style judge would otherwise key on."""
+    out = x.clone()
+    chosen = (torch.rand(len(x), generator=generator) < p).nonzero().flatten().tolist()
+    for i in chosen:
+        kind = DEGRADATIONS[int(torch.randint(len(DEGRADATIONS), (1,), generator=generator))]
+        u = float(torch.rand(1, generator=generator))
+        image = x[i : i + 1].float()
+        if kind == "jpeg":
+            out[i] = jpeg(x[i], quality=int(30 + 65 * u))
+            continue
+        if kind in ("blur", "blur+noise"):
+            image = gaussian_blur(image, 0.4 + 1.1 * u)
+        if kind == "resample":
+            side = int(20 + 28 * u)
+            small = F.interpolate(image, size=(side, side), mode="bilinear", antialias=True, align_corners=False)
+            image = F.interpolate(small, size=x.shape[-2:], mode="bilinear", align_corners=False)
+        if kind in ("noise", "blur+noise"):
+            sigma = 1 + 9 * float(torch.rand(1, generator=generator))
+            image = image + sigma * torch.randn(image.shape, generator=generator)
+        out[i] = image.round().clamp(0, 255).to(torch.uint8)[0]
+    return out
+
+
+@torch.inference_mode()
+def round_trips(images: torch.Tensor, model: str | Path, batch_size: int = 64, progress: bool = True) -> torch.Tensor:
+    """(N, 3, 64, 64) uint8 images after the round trip (encode -> decode) through the image tokenizer of
+    `model` (a bundled model's name or a pipeline / image-tokenizer folder), at its resolution and back."""
+    from tqdm import tqdm
+
+    from minidalle.image_tokenizers import load_image_tokenizer
+    from minidalle.pipeline.pipeline import resolve_model
+
+    folder = resolve_model(str(model))
+    if (folder / "image_tokenizer").is_dir():
+        folder = folder / "image_tokenizer"
+    tokenizer = load_image_tokenizer(folder).eval()
+    side = tokenizer.image_size
+    out = torch.empty_like(images)
+    for i in tqdm(range(0, len(images), batch_size), desc="tokenizer round trips", disable=not progress):
+        x = images[i : i + batch_size].float() / 255
+        if side != RESOLUTION:
+            x = F.interpolate(x, size=(side, side), mode="bilinear", antialias=True, align_corners=False)
+        y = tokenizer.reconstruct(x)
+        if side != RESOLUTION:
+            y = F.interpolate(y, size=(RESOLUTION, RESOLUTION), mode="bilinear", antialias=True, align_corners=False)
+        out[i : i + batch_size] = (y.clamp(0, 1) * 255).round().to(torch.uint8)
+    return out
+
+
 # ---------------------------------------------------------------- loading and predicting
 
 
@@ -223,6 +302,27 @@ def accuracy(judges: Judges, images: torch.Tensor, rows: list[dict]) -> dict:
     return {"images": n, "style": style_right / n if n else None, "subgroup": sub_right / n if n else None}
 
 
+def robustness(
+    judges: Judges, images: torch.Tensor, rows: list[dict], seed: int = 0, trips: torch.Tensor | None = None
+) -> dict:
+    """`accuracy` on the real images and on fixed, mild degradations of them (Gaussian noise 4/255, JPEG
+    quality 75, Gaussian blur 1 px) and, given, on their tokenizer round trips `trips`: how much of a judge's
+    accuracy reads what is drawn and how much the exact pixels."""
+    generator = torch.Generator().manual_seed(seed)
+    noisy = (images.float() + 4 * torch.randn(images.shape, generator=generator)).round().clamp(0, 255)
+    figures = {
+        "real": accuracy(judges, images, rows),
+        "gaussian_noise_4_of_255": accuracy(judges, noisy.to(torch.uint8), rows),
+        "jpeg_quality_75": accuracy(judges, torch.stack([jpeg(x, 75) for x in images]), rows),
+        "gaussian_blur_1px": accuracy(
+            judges, gaussian_blur(images.float(), 1.0).round().clamp(0, 255).to(torch.uint8), rows
+        ),
+    }
+    if trips is not None:
+        figures["tokenizer_round_trip"] = accuracy(judges, trips, rows)
+    return figures
+
+
 # ---------------------------------------------------------------- training
 
 
@@ -235,10 +335,16 @@ def train_judges(
     seed: int = 0,
     threads: int = 1,
     progress: bool = True,
+    degrade_p: float = 0.5,
+    round_trip_model: str | Path | None = None,
+    round_trip_p: float = 0.25,
 ) -> dict:
     """Train the judges on `data_dir/train`; write them to `out_dir` (default: the shipped folder).
 
-    Prints and returns the accuracy on `test` and `zeroshot` (stored in judges.json too).
+    Each training image is shifted and flipped (`_augment`); with probability `degrade_p` it is also
+    degraded (`degrade`); with `round_trip_model`, with probability `round_trip_p` it is first replaced by
+    its round trip through that model's image tokenizer (computed once). Prints and returns the accuracy on
+    `test` and `zeroshot` (stored in judges.json too), real and degraded (`robustness`).
     """
     from safetensors.torch import save_file
     from tqdm import tqdm
@@ -269,13 +375,23 @@ def train_judges(
         optimizer, max_lr=lr, total_steps=epochs * steps_per_epoch, pct_start=0.15
     )
     generator = torch.Generator().manual_seed(seed)
+    trips = {}
+    if round_trip_model is not None:
+        trips = {
+            split: round_trips(x, round_trip_model, progress=progress)
+            for split, x in [("train", train_x)] + [(s, x) for s, (x, _) in evals.items()]
+        }
     bar = tqdm(total=epochs * steps_per_epoch, desc="training judges", unit="step", disable=not progress)
     model.train()
     for epoch in range(epochs):
         order = torch.randperm(len(train_rows), generator=generator)
         for i in range(0, len(order), batch_size):
             idx = order[i : i + batch_size]
-            x = _augment(train_x[idx], generator)
+            x = train_x[idx]
+            if trips:
+                use = torch.rand(len(idx), generator=generator) < round_trip_p
+                x = torch.where(use[:, None, None, None], trips["train"][idx], x)
+            x = _augment(degrade(x, generator, degrade_p) if degrade_p > 0 else x, generator)
             style_logits, sub_logits = model(x)
             loss = F.cross_entropy(style_logits, y_style[idx], label_smoothing=0.05) + F.cross_entropy(
                 sub_logits, y_sub[idx], label_smoothing=0.05
@@ -309,6 +425,14 @@ def train_judges(
             "seed": seed,
             "threads": threads,
             "seconds": round(train_seconds, 1),
+            "augmentation": {
+                "shift_px": 4,
+                "flip": True,
+                "degrade_p": degrade_p,
+                "degradations": list(DEGRADATIONS) if degrade_p > 0 else [],
+                "round_trip_model": None if round_trip_model is None else str(round_trip_model),
+                "round_trip_p": round_trip_p if round_trip_model is not None else 0.0,
+            },
         },
     }
     judges = Judges(model, config)
@@ -325,13 +449,17 @@ def train_judges(
         raise UserError(f"--out {out}: cannot write the judges ({exc.strerror or exc})") from None
     # the figures of the float16 weights as shipped
     reloaded = load_judges(out)
-    config["accuracy"] = {split: accuracy(reloaded, x, rows) for split, (x, rows) in evals.items()}
+    config["robustness"] = {
+        split: robustness(reloaded, x, rows, seed, trips.get(split)) for split, (x, rows) in evals.items()
+    }
+    config["accuracy"] = {split: figures["real"] for split, figures in config["robustness"].items()}
     (out / CONFIG_FILE).write_text(json.dumps(config, indent=1) + "\n", encoding="utf-8")
-    for split, acc in config["accuracy"].items():
-        print(
-            f"{split:>9}: style {100 * acc['style']:.1f}%  subgroup {100 * acc['subgroup']:.1f}%  "
-            f"({acc['images']} images)"
-        )
+    for split, figures in config["robustness"].items():
+        for condition, acc in figures.items():
+            print(
+                f"{split:>9} {condition:<24} style {100 * acc['style']:5.1f}%  subgroup {100 * acc['subgroup']:5.1f}%"
+                f"  ({acc['images']} images)"
+            )
     print(
         f"judges -> {out} (trained {train_seconds:.0f} s on {len(train_rows)} images, {threads} thread(s))",
         file=sys.stderr,
@@ -388,6 +516,14 @@ def evaluate_manifest(path: str | Path, judges: Judges | str | Path | None = Non
             for s, c in sorted(per_style.items())
         },
         "judges_ceiling": judges.config.get("accuracy"),
+        # the judges on the same real images after a round trip through the tokenizer they were trained beside
+        # (`--round_trip_model`): the ceiling of samples decoded by that tokenizer
+        "judges_round_trip": {
+            split: figures["tokenizer_round_trip"]
+            for split, figures in judges.config.get("robustness", {}).items()
+            if "tokenizer_round_trip" in figures
+        },
+        "round_trip_model": judges.config.get("training", {}).get("augmentation", {}).get("round_trip_model"),
     }
 
 
@@ -408,13 +544,18 @@ def format_report(report: dict) -> str:
     lines.append(
         f"{'all':<14}{report['images']:>7}{pct(report['style_accuracy']):>11}{pct(report['subgroup_accuracy']):>14}"
     )
-    ceiling = report.get("judges_ceiling") or {}
-    if ceiling:
+
+    def figures(by_split: dict) -> str:
+        return "; ".join(
+            f"{split} style {pct(a['style']).strip()}, subgroup {pct(a['subgroup']).strip()}"
+            for split, a in by_split.items()
+        )
+
+    if report.get("judges_ceiling"):
+        lines.append("judges on real held-out images: " + figures(report["judges_ceiling"]))
+    if report.get("judges_round_trip"):
         lines.append(
-            "judges on real held-out images: "
-            + "; ".join(
-                f"{split} style {pct(a['style']).strip()}, subgroup {pct(a['subgroup']).strip()}"
-                for split, a in ceiling.items()
-            )
+            f"on them after the round trip through {report['round_trip_model']}'s image tokenizer: "
+            + figures(report["judges_round_trip"])
         )
     return "\n".join(lines)
