@@ -2,12 +2,14 @@
 # The bundled emoji model (`sample.py --model emoji`): the whole pipeline trained on the emoji-styles
 # train split (seven open emoji sets, 64 px; the sets' licences in minidalle/emoji_model/ATTRIBUTION.md).
 # Rerun from the repository root:  bash recipes/emoji_styles.sh
-# Needs npm (or EMOJI_SOURCE=DIR of the pinned tarballs) for the export. THREADS=N sets torch's threads.
+# Needs npm (or EMOJI_SOURCE=DIR of the pinned tarballs) for the export. THREADS=N sets torch's threads;
+# OUT=DIR the runs' folder; BUNDLE=DIR where the float16 pipeline goes (default: the package's emoji model).
 # Wall times and the machine are appended to $OUT/recipe_times.txt.
 set -euo pipefail
 out=${OUT:-runs/emoji}
 data=${DATA:-data/emoji-styles}
 threads=${THREADS:-0}
+bundle=${BUNDLE:-minidalle/emoji_model}
 mkdir -p "$out"
 stamp() { echo "$1 $(date -u +%FT%TZ) $(nproc) cores $(uname -m) $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)" >> "$out/recipe_times.txt"; }
 
@@ -22,7 +24,8 @@ python train_tokenizer.py --config recipes/tokenizer_emoji_fsq.json --data "$dat
     --threads "$threads" --overwrite_output_dir
 stamp tokenizer-done
 
-# Stage 2: encode once, a BPE text tokenizer on the captions, and the prior (flags in recipes/prior_emoji.json)
+# Stage 2: encode once, a BPE text tokenizer on the captions, and the prior (flags in recipes/prior_emoji.json;
+# held-out loss every 200 steps, the best kept, stopped after the first evaluation without improvement)
 python train_prior.py --config recipes/prior_emoji.json --data "$data" \
     --image_tokenizer "$out/tokenizer/image_tokenizer" --output_dir "$out/prior" --threads "$threads" --overwrite_output_dir
 stamp prior-done
@@ -32,6 +35,6 @@ stamp prior-done
 # (run here on the float16 export before its defaults were stored; the figures in runs/eval-emoji/tune.json):
 #   python bench/eval_emoji_model.py --model "$out/prior/pipeline" --tune --guidance 1.5,3,5 \
 #       --temperatures 0.3,0.7,1.0 --write-defaults recipes/emoji_sampling.json
-minidalle export-pipeline --source "$out/prior/pipeline" --out minidalle/emoji_model --dtype float16 \
+minidalle export-pipeline --source "$out/prior/pipeline" --out "$bundle" --dtype float16 \
     --sampling_defaults recipes/emoji_sampling.json
 stamp end
