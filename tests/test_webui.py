@@ -278,7 +278,7 @@ def test_models_are_bundled_names_or_pipeline_folders(tiny_pipeline_dir, tmp_pat
     assert list(resolve_models([])) == ["shapes"]
     monkeypatch.undo()
     assert resolve_models(["shapes", str(tiny_pipeline_dir)])[str(tiny_pipeline_dir)] == tiny_pipeline_dir
-    with pytest.raises(UserError, match=r"--model nope: no such pipeline folder, and no bundled model .*shapes"):
+    with pytest.raises(UserError, match=r"--model nope: no such model folder, and no bundled model .*shapes"):
         resolve_models(["nope"])
     (tmp_path / "f.txt").write_text("x")
     with pytest.raises(UserError, match="not a pipeline folder"):

@@ -9,6 +9,7 @@ from pathlib import Path
 from ..errors import UserError
 from ..pipeline import DEFAULT_MODEL, EMOJI_MODEL, MiniDallePipeline
 from ..pipeline.io import is_pipeline_folder
+from ..pipeline.pipeline import resolve_model
 from .sampling import WarmSampler
 
 logger = logging.getLogger("minidalle")
@@ -83,12 +84,10 @@ def resolve_models(names_or_folders: list[str]) -> dict[str, Path]:
         if value in BUNDLED_MODELS:
             resolved[value] = BUNDLED_MODELS[value].folder
             continue
-        folder = Path(value)
-        if not folder.exists():
-            raise UserError(
-                f"--model {value}: no such pipeline folder, and no bundled model of that name "
-                f"(bundled: {', '.join(BUNDLED_MODELS)})"
-            )
+        try:
+            folder = resolve_model(value)
+        except UserError as exc:  # neither a folder nor a bundled name: the names are listed
+            raise UserError(f"--model {exc}") from None
         if not folder.is_dir() or not is_pipeline_folder(folder):
             raise UserError(f"--model {value}: not a pipeline folder (expected model_index.json and its parts)")
         resolved[value] = folder
