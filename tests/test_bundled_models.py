@@ -23,7 +23,7 @@ from minidalle.pipeline import (
     resolve_model,
     save_pipeline,
 )
-from minidalle.pipeline.io import check_sampling_defaults, load_pipeline_parts
+from minidalle.pipeline.io import SAMPLING_KEYS, check_sampling_defaults, load_pipeline_parts
 
 SHAPES_IMAGES = 24
 OWN = {"guidance_scale": 2.5, "temperature": 0.7, "num_candidates": 2}
@@ -50,6 +50,7 @@ def test_a_missing_bundled_model_says_so(monkeypatch, tmp_path):
 
 
 def test_sampling_settings_are_checked():
+    assert list(SAMPLING_KEYS) == list(SAMPLING_DEFAULTS)  # the checked settings are the pipeline's, in its order
     assert check_sampling_defaults({"top_k": 5.0, "temperature": 1}, "x") == {"top_k": 5, "temperature": 1.0}
     for bad, message in [
         ({"guidance": 2.0}, "unknown sampling setting"),
