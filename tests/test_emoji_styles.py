@@ -488,10 +488,16 @@ def test_shipped_judges_load_small_and_float16():
     assert sum(f.stat().st_size for f in files) < 2_000_000
     with safe_open(str(files[0]), "pt") as f:
         assert {f.get_tensor(k).dtype for k in f.keys()} == {__import__("torch").float16}
-    acc = judges.config["accuracy"]
-    # the recorded figures of the shipped weights (issue 15 asks style >= 97% on zeroshot too: measured 94.5%)
-    assert acc["test"]["style"] >= 0.97 and acc["test"]["subgroup"] >= 0.70
-    assert acc["zeroshot"]["style"] >= 0.94 and acc["zeroshot"]["images"] == 165
+    acc, robust = judges.config["accuracy"], judges.config["robustness"]
+    # the recorded figures of the shipped weights (issue 15 asks style >= 97% on zeroshot too: not reached)
+    assert acc["test"]["style"] >= 0.95 and acc["test"]["subgroup"] >= 0.70
+    assert acc["zeroshot"]["style"] >= 0.92 and acc["zeroshot"]["images"] == 165
+    # trained on degraded images and the emoji tokenizer's round trips: mild degradations cost a few points
+    # (the first judges, trained without them, fell to 20-28% style: every such image "fluent")
+    assert judges.config["training"]["augmentation"]["round_trip_model"] == "emoji"
+    for condition in ("gaussian_noise_4_of_255", "jpeg_quality_75", "gaussian_blur_1px"):
+        assert robust["test"][condition]["style"] >= 0.80, condition
+    assert robust["test"]["tokenizer_round_trip"]["style"] >= 0.5
     styles, subgroups = judges.predict(__import__("torch").full((2, 3, 64, 64), 255, dtype=__import__("torch").uint8))
     assert len(styles) == len(subgroups) == 2 and styles[0] in judges.styles
 
@@ -511,13 +517,16 @@ def test_eval_emoji_prints_table_and_json(tmp_path, capsys):
     eval_emoji_main([str(manifest)])
     table = capsys.readouterr().out
     assert "3 images" in table and "style acc" in table
+    assert "judges on real held-out images: test style" in table
+    assert "after the round trip through emoji's image tokenizer: test style" in table
     assert any(line.split()[:2] == ["noto", "2"] for line in table.splitlines())
     assert any(line.split()[:2] == ["twemoji", "1"] for line in table.splitlines())
     eval_emoji_main([str(manifest), "--json"])
     report = json.loads(capsys.readouterr().out)
     assert report["images"] == 3 and set(report["per_style"]) == {"noto", "twemoji"}
     assert report["per_style"]["noto"]["images"] == 2
-    assert 0.0 <= report["style_accuracy"] <= 1.0 and report["judges_ceiling"]["test"]["style"] >= 0.97
+    assert 0.0 <= report["style_accuracy"] <= 1.0 and report["judges_ceiling"]["test"]["style"] >= 0.95
+    assert report["round_trip_model"] == "emoji" and set(report["judges_round_trip"]) == {"test", "zeroshot"}
 
 
 def test_eval_emoji_counts_right_answers(tmp_path):
