@@ -112,12 +112,14 @@ def judge_robustness(model: str, data: Path, judges, seed: int) -> dict:
     """The judges on the real test and zeroshot images, on mild degradations that keep every shape (noise of
     4/255, JPEG 75, a 1-pixel blur) and on the round trip through this model's image tokenizer (the best a
     prior over these codes could be judged): how much of a judge's accuracy reads what is drawn."""
+    from minidalle.cli.emoji_styles import load_round_trip_tokenizer
     from minidalle.data.emoji_styles.judge import read_split, robustness, round_trips
 
     figures = {}
     for split in ("test", "zeroshot"):
         images, rows = read_split(data, split)
-        figures[split] = robustness(judges, images, rows, seed, round_trips(images, model, progress=False))
+        trips = round_trips(images, load_round_trip_tokenizer(model), progress=False)
+        figures[split] = robustness(judges, images, rows, seed, trips)
         figures[split]["share_in_fluent"] = sum(r["style"] == "fluent" for r in rows) / len(rows)
     return figures
 

@@ -602,22 +602,18 @@ def test_train_judges_on_a_tiny_export(exported, tmp_path, capsys):
 
 def test_train_judges_with_tokenizer_round_trips(exported, tiny_image_tokenizer_dir, tmp_path):
     """--round_trip_model: the round trips are reported beside the real images (and used in training)."""
-    from minidalle.data.emoji_styles import judge as J
+    from minidalle.cli.emoji_styles import load_round_trip_tokenizer, train_emoji_judges_main
 
     out, _ = exported
-    config = J.train_judges(
-        out,
-        out_dir=tmp_path / "judges",
-        epochs=1,
-        batch_size=32,
-        progress=False,
-        round_trip_model=tiny_image_tokenizer_dir,
-        round_trip_p=0.5,
+    train_emoji_judges_main(
+        ["--data", str(out), "--out", str(tmp_path / "judges"), "--epochs", "1", "--no_progress"]
+        + ["--round_trip_model", str(tiny_image_tokenizer_dir), "--round_trip_p", "0.5"]
     )
+    config = json.loads((tmp_path / "judges" / "judges.json").read_text())
     assert "tokenizer_round_trip" in config["robustness"]["zeroshot"]
     assert config["training"]["augmentation"]["round_trip_model"] == str(tiny_image_tokenizer_dir)
     with pytest.raises(UserError, match="no such model folder"):
-        J.train_judges(out, out_dir=tmp_path / "j2", epochs=1, progress=False, round_trip_model=tmp_path / "nope")
+        load_round_trip_tokenizer(str(tmp_path / "nope"))
 
 
 def test_degrade_changes_the_chosen_share_of_images_reproducibly():

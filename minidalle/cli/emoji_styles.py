@@ -140,6 +140,7 @@ def train_emoji_judges_main(args: TrainEmojiJudgesArgs, _) -> None:
     """`minidalle train-emoji-judges --data DIR [--out DIR]`: train the style + subgroup judges on `train`."""
     from ..data.emoji_styles.judge import train_judges
 
+    tokenizer = None if args.round_trip_model is None else load_round_trip_tokenizer(args.round_trip_model)
     train_judges(
         args.data,
         out_dir=args.out,
@@ -152,4 +153,16 @@ def train_emoji_judges_main(args: TrainEmojiJudgesArgs, _) -> None:
         degrade_p=args.degrade_p,
         round_trip_model=args.round_trip_model,
         round_trip_p=args.round_trip_p,
+        round_trip_tokenizer=tokenizer,
     )
+
+
+def load_round_trip_tokenizer(model: str):
+    """The image tokenizer of `model`: a bundled model's name, a pipeline folder or an image-tokenizer folder."""
+    from ..image_tokenizers import load_image_tokenizer
+    from ..pipeline.pipeline import resolve_model
+
+    folder = resolve_model(str(model))
+    if (folder / "image_tokenizer").is_dir():
+        folder = folder / "image_tokenizer"
+    return load_image_tokenizer(folder).eval()

@@ -219,18 +219,11 @@ def degrade(x: torch.Tensor, generator: torch.Generator, p: float = 0.5) -> torc
 
 
 @torch.inference_mode()
-def round_trips(images: torch.Tensor, model: str | Path, batch_size: int = 64, progress: bool = True) -> torch.Tensor:
-    """(N, 3, 64, 64) uint8 images after the round trip (encode -> decode) through the image tokenizer of
-    `model` (a bundled model's name or a pipeline / image-tokenizer folder), at its resolution and back."""
+def round_trips(images: torch.Tensor, tokenizer, batch_size: int = 64, progress: bool = True) -> torch.Tensor:
+    """(N, 3, 64, 64) uint8 images after the round trip (encode -> decode) through an image tokenizer (see
+    `load_round_trip_tokenizer`), at its resolution and back."""
     from tqdm import tqdm
 
-    from minidalle.image_tokenizers import load_image_tokenizer
-    from minidalle.pipeline.pipeline import resolve_model
-
-    folder = resolve_model(str(model))
-    if (folder / "image_tokenizer").is_dir():
-        folder = folder / "image_tokenizer"
-    tokenizer = load_image_tokenizer(folder).eval()
     side = tokenizer.image_size
     out = torch.empty_like(images)
     for i in tqdm(range(0, len(images), batch_size), desc="tokenizer round trips", disable=not progress):
@@ -338,13 +331,14 @@ def train_judges(
     degrade_p: float = 0.5,
     round_trip_model: str | Path | None = None,
     round_trip_p: float = 0.25,
+    round_trip_tokenizer=None,
 ) -> dict:
     """Train the judges on `data_dir/train`; write them to `out_dir` (default: the shipped folder).
 
     Each training image is shifted and flipped (`_augment`); with probability `degrade_p` it is also
-    degraded (`degrade`); with `round_trip_model`, with probability `round_trip_p` it is first replaced by
-    its round trip through that model's image tokenizer (computed once). Prints and returns the accuracy on
-    `test` and `zeroshot` (stored in judges.json too), real and degraded (`robustness`).
+    degraded (`degrade`); with `round_trip_tokenizer` (an image tokenizer, loaded from `round_trip_model`,
+    the name recorded), with probability `round_trip_p` it is first replaced by its round trip (computed once).
+    Prints and returns the accuracy on `test` and `zeroshot` (in judges.json too), real and degraded (`robustness`).
     """
     from safetensors.torch import save_file
     from tqdm import tqdm
@@ -376,9 +370,9 @@ def train_judges(
     )
     generator = torch.Generator().manual_seed(seed)
     trips = {}
-    if round_trip_model is not None:
+    if round_trip_tokenizer is not None:
         trips = {
-            split: round_trips(x, round_trip_model, progress=progress)
+            split: round_trips(x, round_trip_tokenizer, progress=progress)
             for split, x in [("train", train_x)] + [(s, x) for s, (x, _) in evals.items()]
         }
     bar = tqdm(total=epochs * steps_per_epoch, desc="training judges", unit="step", disable=not progress)
