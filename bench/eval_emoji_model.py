@@ -108,17 +108,16 @@ def judge_test_prompts(pipe, data: Path, out: Path, seed: int, batch_size: int, 
     }
 
 
-def judge_robustness(model: str, data: Path, judges, seed: int) -> dict:
+def judge_robustness(image_tokenizer, data: Path, judges, seed: int) -> dict:
     """The judges on the real test and zeroshot images, on mild degradations that keep every shape (noise of
     4/255, JPEG 75, a 1-pixel blur) and on the round trip through this model's image tokenizer (the best a
     prior over these codes could be judged): how much of a judge's accuracy reads what is drawn."""
-    from minidalle.cli.emoji_styles import load_round_trip_tokenizer
     from minidalle.data.emoji_styles.judge import read_split, robustness, round_trips
 
     figures = {}
     for split in ("test", "zeroshot"):
         images, rows = read_split(data, split)
-        trips = round_trips(images, load_round_trip_tokenizer(model), progress=False)
+        trips = round_trips(images, image_tokenizer, progress=False)
         figures[split] = robustness(judges, images, rows, seed, trips)
         figures[split]["share_in_fluent"] = sum(r["style"] == "fluent" for r in rows) / len(rows)
     return figures
@@ -311,7 +310,7 @@ def main() -> None:
             figures[f"samples_{name}"] = row
             print(json.dumps(row), flush=True)
     if "judges" in only:
-        figures["judges"] = {"figure": "judges", **judge_robustness(args.model, data, judges, args.seed)}
+        figures["judges"] = {"figure": "judges", **judge_robustness(pipe.image_tokenizer, data, judges, args.seed)}
         print(json.dumps(figures["judges"]), flush=True)
     if "test_samples" in only:  # not in the default set: for a fine-tune's own data
         row = judge_test_prompts(
