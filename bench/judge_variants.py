@@ -64,13 +64,8 @@ class Gram(J.EmojiJudge):
 
     def forward(self, x):
         hist, diffs = J.palette_features(x)
-        f, texture = (x.float() / 255 - 0.5) / 0.5, []
-        for i, block in enumerate(self.blocks):
-            f = block(f)
-            if i in (1, 2):
-                texture += [self._pooled(f), 4 * _gram(f, self.proj1 if i == 1 else self.proj2)]
-            if 0 < i < len(self.blocks) - 1:
-                f = self.pool(f)
+        (f1, f2), f = self.trunk(x)
+        texture = [self._pooled(f1), 4 * _gram(f1, self.proj1), self._pooled(f2), 4 * _gram(f2, self.proj2)]
         style_in = torch.cat([*texture, F.relu(self.palette(hist)), diffs], dim=1)
         return self.style_head(self.dropout(style_in)), self.subgroup_head(self.dropout(self._pooled(f)))
 
@@ -87,12 +82,8 @@ class Sep(J.EmojiJudge):
 
     def forward(self, x):
         hist, diffs = J.palette_features(x)
-        f = s = (x.float() / 255 - 0.5) / 0.5
-        for i, block in enumerate(self.blocks):
-            f = block(f)
-            if 0 < i < len(self.blocks) - 1:
-                f = self.pool(f)
-        texture = []
+        _, f = self.trunk(x)
+        s, texture = (x.float() / 255 - 0.5) / 0.5, []
         for i, block in enumerate(self.style_blocks):
             s = block(s)
             if i >= 1:
@@ -125,15 +116,9 @@ class Flat(J.EmojiJudge):
 
     def forward(self, x):
         hist, diffs = J.palette_features(x)
-        f, texture = (x.float() / 255 - 0.5) / 0.5, []
-        for i, block in enumerate(self.blocks):
-            f = block(f)
-            if i in (1, 2):
-                texture.append(self._pooled(f))
-            if 0 < i < len(self.blocks) - 1:
-                f = self.pool(f)
+        texture, f = self.trunk(x)
         palette = [F.relu(self.palette(hist)), F.relu(self.flat(flat_colours(x))), diffs]
-        style_in = torch.cat([*texture, *palette], dim=1)
+        style_in = torch.cat([*map(self._pooled, texture), *palette], dim=1)
         return self.style_head(self.dropout(style_in)), self.subgroup_head(self.dropout(self._pooled(f)))
 
 

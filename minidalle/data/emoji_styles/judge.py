@@ -104,19 +104,25 @@ class EmojiJudge(nn.Module):
     def _pooled(f: torch.Tensor) -> torch.Tensor:
         return torch.cat([f.mean(dim=(2, 3)), f.amax(dim=(2, 3))], dim=1)
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        hist, diffs = palette_features(x)
+    def trunk(self, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """(B, 3, 64, 64) uint8 -> the feature maps of the second and third blocks (the style head's texture)
+        and the last block's output (the subgroup head's)."""
         f = (x.float() / 255 - 0.5) / 0.5
         texture = []
         last = len(self.blocks) - 1
         for i, block in enumerate(self.blocks):
             f = block(f)
             if i in (1, 2):
-                texture.append(self._pooled(f))
+                texture.append(f)
             if 0 < i < last:
                 f = self.pool(f)
+        return texture, f
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        hist, diffs = palette_features(x)
+        texture, f = self.trunk(x)
         h = self.dropout(self._pooled(f))
-        style_in = torch.cat([*texture, F.relu(self.palette(hist)), diffs], dim=1)
+        style_in = torch.cat([*map(self._pooled, texture), F.relu(self.palette(hist)), diffs], dim=1)
         return self.style_head(self.dropout(style_in)), self.subgroup_head(h)
 
 
@@ -425,7 +431,7 @@ def train_judges(
                 "degrade_p": degrade_p,
                 "degradations": list(DEGRADATIONS) if degrade_p > 0 else [],
                 "round_trip_model": None if round_trip_model is None else str(round_trip_model),
-                "round_trip_p": round_trip_p if round_trip_model is not None else 0.0,
+                "round_trip_p": round_trip_p if trips else 0.0,
             },
         },
     }
