@@ -13,8 +13,9 @@ machine: two rows side by side at one thread each. `train` then trains every row
 (step-based: a busy machine changes the wall time, not the result; a killed run resumes from its
 last checkpoint). `report` evaluates each row's tokenizer on held-out images (emoji-styles `test`;
 shapes: PSNR, attributes kept and the zero-shot round trip), prints the table as Markdown and
-JSON, and draws the reconstructions side by side, one labelled row per tokenizer
-(`docs/tokenizer-comparison-{emoji,shapes}.png`).
+JSON, and draws the reconstructions side by side, one labelled row per tokenizer of the table so far
+(`docs/tokenizer-comparison-{emoji,shapes}.png`; `report.json` keeps the rows of earlier reports, so
+`report --rows X` adds X to both).
 
 Data (made once): `minidalle export-dataset emoji-styles --out data/emoji-styles` and
 `minidalle make-shapes --out data/shapes-train40k --split train --num 40000 --seed 0`,
@@ -101,6 +102,12 @@ ROWS["fsq_gan_16x16"] = {
     "calibrate_phases": GAN_PHASES,
     "second_phase_from": 0.5,
 }
+
+# the table's and the picture's order: today's dVAE, the three quantizers with the VQ-GAN losses, the ablations,
+# the finer grid
+TABLE_ORDER = ("dvae", "fsq_gan", "vq_l2_gan", "dvae_gan", "fsq_no_gan", "fsq_no_perceptual", "fsq_gan_16x16")
+assert sorted(TABLE_ORDER) == sorted(ROWS)
+ROWS = {name: ROWS[name] for name in TABLE_ORDER}
 
 COMMON = ["--logging_steps", "50", "--seed", "0", "--mixed_precision", "auto"]
 
@@ -248,7 +255,18 @@ def evaluate_tokenizer(folder: Path, images, perceptual) -> dict:
         "grid": tokenizer.grid_size,
         "codebook_usage": round(stats["codebook_usage"], 3),
         "codebook_perplexity": round(stats["codebook_perplexity"], 1),
-    }, recon
+    }
+
+
+def reconstruct(folder: Path, images):
+    """A tokenizer's round trip of a few images (the picture's rows)."""
+    import torch
+
+    from minidalle.image_tokenizers import load_image_tokenizer
+
+    tokenizer = load_image_tokenizer(folder).eval()
+    with torch.no_grad():
+        return tokenizer.decode(tokenizer.encode(images))
 
 
 def thumbnail_figures(images, grid: int) -> dict:
@@ -286,6 +304,9 @@ def report(args) -> None:
     torch.set_num_threads(args.threads)
     table = json.loads((RUNS / "calibration.json").read_text())
     perceptual = PerceptualDistance(layers=LPIPS_LAYERS)  # all five taps for evaluation (training: three)
+    # rows reported earlier (another --rows or --datasets) are kept beside the ones measured now
+    saved = RUNS / "report.json"
+    kept = json.loads(saved.read_text())["rows"] if saved.exists() else {}
     results = {}
     for dataset in args.datasets:
         if dataset == "emoji":
@@ -295,7 +316,6 @@ def report(args) -> None:
         else:
             images, _, _ = load_split("data/shapes-heldout", "train", limit=500)
             shown = list(range(0, 80, 10))
-        rows_shown = [images[shown]]
         for grid in (8, 16):  # the information bound of a grid: each cell's mean colour, scaled back up
             key = f"{dataset}/thumbnail_{grid}x{grid}"
             results[key] = thumbnail_figures(images, grid)
@@ -304,19 +324,18 @@ def report(args) -> None:
             folder = RUNS / dataset / name / "image_tokenizer"
             if not folder.is_dir():
                 continue
-            figures, recon = evaluate_tokenizer(folder, images, perceptual)
+            figures = evaluate_tokenizer(folder, images, perceptual)
             if dataset == "shapes":
                 figures.update(shapes_figures(folder))
             figures.update(steps=table[name]["steps"], cpu_minutes=cpu_minutes(folder.parent), what=ROWS[name]["what"])
             results[f"{dataset}/{name}"] = figures
-            rows_shown.append(recon[shown])
             print(json.dumps({f"{dataset}/{name}": figures}), flush=True)
+        # the picture: every row of the table so far (measured now or in an earlier report), in ROWS' order
+        names = [n for n in ROWS if f"{dataset}/{n}" in {**kept, **results}]
+        names = [n for n in names if (RUNS / dataset / n / "image_tokenizer").is_dir()]
         picture = ROOT / "docs" / f"tokenizer-comparison-{dataset}.png"
-        labels = ["original", *(n for n in args.rows if f"{dataset}/{n}" in results)]
-        save_image_grid(rows_shown, picture, labels=labels)
-    # rows reported earlier (another --rows or --datasets) are kept beside the ones measured now
-    saved = RUNS / "report.json"
-    kept = json.loads(saved.read_text())["rows"] if saved.exists() else {}
+        rows_shown = [reconstruct(RUNS / dataset / n / "image_tokenizer", images[shown]) for n in names]
+        save_image_grid([images[shown], *rows_shown], picture, labels=["original", *names])
     saved.write_text(json.dumps({"machine": machine(), "rows": {**kept, **results}}, indent=2) + "\n")
     print("| row | data | steps | CPU min | PSNR dB | perceptual | codes used | perplexity | attrs kept | zero-shot |")
     print("|---|---|---|---|---|---|---|---|---|---|")
