@@ -11,7 +11,8 @@ budget of CPU time into a step count per row (`runs/compare-tokenizers/calibrati
 that cost more per step get fewer steps. The default, 60 CPU-minutes, is 30 minutes of the 2-core
 machine: two rows side by side at one thread each. `train` then trains every row for its steps
 (step-based: a busy machine changes the wall time, not the result; a killed run resumes from its
-last checkpoint). `report` evaluates each row's tokenizer on held-out images (emoji-styles `test`;
+last checkpoint). `report` evaluates each row's tokenizer on held-out images (emoji-styles `test`: PSNR,
+perceptual distance, codes, and the emoji judges' style and subgroup accuracy after the round trip;
 shapes: PSNR, attributes kept and the zero-shot round trip), prints the table as Markdown and
 JSON, and draws the reconstructions side by side, one labelled row per tokenizer of the table so far
 (`docs/tokenizer-comparison-{emoji,shapes}.png`; `report.json` keeps the rows of earlier reports, so
@@ -295,6 +296,27 @@ def shapes_figures(folder: Path) -> dict:
     return figures
 
 
+def judged_figures(folder: Path | None, judged) -> dict:
+    """The emoji-styles judges' style and subgroup accuracy on held-out images after the round trip (None: on the
+    real images, the judges' ceiling), and the style confusion (in report.json). The shipped judges saw round
+    trips through the bundled emoji model's tokenizer in training, which favours tokenizers like it."""
+    from minidalle.data.emoji_styles.judge import accuracy, round_trips
+    from minidalle.image_tokenizers import load_image_tokenizer
+
+    judges, images, rows = judged
+    if folder is not None:
+        images = round_trips(images, load_image_tokenizer(folder).eval(), progress=False)
+    right = accuracy(judges, images, rows)
+    confusion = {style: dict.fromkeys(judges.styles, 0) for style in judges.styles}  # true style -> judged -> n
+    for row, judged_style in zip(rows, judges.predict(images)[0]):
+        confusion[row["style"]][judged_style] += 1
+    return {
+        "judged_style": round(right["style"], 4),
+        "judged_subgroup": round(right["subgroup"], 4),
+        "style_confusion": confusion,
+    }
+
+
 def report(args) -> None:
     import torch
 
@@ -310,9 +332,14 @@ def report(args) -> None:
     results = {}
     for dataset in args.datasets:
         if dataset == "emoji":
+            from minidalle.data.emoji_styles.judge import load_judges, read_split
+
             images, ds, _ = load_split("data/emoji-styles", "test")
             styles = ds["style"]
             shown = [styles.index(s) for s in dict.fromkeys(styles)] + [len(styles) // 2, len(styles) - 1]
+            judged = (load_judges(), *read_split("data/emoji-styles", "test"))
+            results["emoji/real_images"] = judged_figures(None, judged)
+            print(json.dumps({"emoji/real_images": results["emoji/real_images"]}))
         else:
             images, _, _ = load_split("data/shapes-heldout", "train", limit=500)
             shown = list(range(0, 80, 10))
@@ -325,8 +352,7 @@ def report(args) -> None:
             if not folder.is_dir():
                 continue
             figures = evaluate_tokenizer(folder, images, perceptual)
-            if dataset == "shapes":
-                figures.update(shapes_figures(folder))
+            figures.update(shapes_figures(folder) if dataset == "shapes" else judged_figures(folder, judged))
             figures.update(steps=table[name]["steps"], cpu_minutes=cpu_minutes(folder.parent), what=ROWS[name]["what"])
             results[f"{dataset}/{name}"] = figures
             print(json.dumps({f"{dataset}/{name}": figures}), flush=True)
@@ -337,17 +363,21 @@ def report(args) -> None:
         rows_shown = [reconstruct(RUNS / dataset / n / "image_tokenizer", images[shown]) for n in names]
         save_image_grid([images[shown], *rows_shown], picture, labels=["original", *names])
     saved.write_text(json.dumps({"machine": machine(), "rows": {**kept, **results}}, indent=2) + "\n")
-    print("| row | data | steps | CPU min | PSNR dB | perceptual | codes used | perplexity | attrs kept | zero-shot |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    judged_keys = ("attributes_kept", "zeroshot_round_trip", "judged_style", "judged_subgroup")
+    print(
+        "| row | data | steps | CPU min | PSNR dB | perceptual | codes used | perplexity | attrs kept | zero-shot "
+        "| judged style | judged subgroup |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for key, f in results.items():
         dataset, name = key.split("/")
-        if name.startswith("thumbnail"):
-            print(f"| {name} | {dataset} | | | {f['psnr']} | | | | | |")
+        extra = " | ".join(f"{100 * f[k]:.1f}%" if k in f else "" for k in judged_keys)
+        if "steps" not in f:  # the thumbnails, and the real images the judges see
+            print(f"| {name} | {dataset} | | | {f.get('psnr', '')} | | | | {extra} |")
             continue
-        extra = [f"{100 * f[k]:.1f}%" if k in f else "" for k in ("attributes_kept", "zeroshot_round_trip")]
         print(
             f"| {name} | {dataset} | {f['steps']} | {f['cpu_minutes']} | {f['psnr']} | {f['perceptual']} | "
-            f"{100 * f['codebook_usage']:.1f}% of {f['codes']} | {f['codebook_perplexity']} | {extra[0]} | {extra[1]} |"
+            f"{100 * f['codebook_usage']:.1f}% of {f['codes']} | {f['codebook_perplexity']} | {extra} |"
         )
 
 
