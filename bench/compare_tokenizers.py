@@ -110,12 +110,13 @@ TABLE_ORDER = ("dvae", "fsq_gan", "vq_l2_gan", "dvae_gan", "fsq_no_gan", "fsq_no
 assert sorted(TABLE_ORDER) == sorted(ROWS)
 ROWS = {name: ROWS[name] for name in TABLE_ORDER}
 
-COMMON = ["--logging_steps", "50", "--seed", "0", "--mixed_precision", "auto"]
+COMMON = ["--logging_steps", "50", "--seed", "0"]
 
 
-def row_flags(name: str, dataset: str, steps: int) -> list[str]:
+def row_flags(name: str, dataset: str, steps: int, precision: str = "auto") -> list[str]:
     row = ROWS[name]
-    flags = list(row["flags"]) + DATASETS[dataset] + COMMON + ["--max_steps", str(steps)]
+    flags = list(row["flags"]) + DATASETS[dataset] + COMMON
+    flags += ["--mixed_precision", precision, "--max_steps", str(steps)]
     for key, fraction in row.get("fractions", {}).items():
         flags += [f"--{key}", str(max(1, int(fraction * steps)))]
     return flags
@@ -152,7 +153,7 @@ def calibrate(args) -> None:
         costs = {}
         for phase, extra in phases.items():
             out = RUNS / "calibrate" / f"{name}-{phase}"
-            flags = row_flags(name, "emoji", 25) + ["--logging_steps", "5", "--image_steps", "0"]
+            flags = row_flags(name, "emoji", 25, args.mixed_precision) + ["--logging_steps", "5", "--image_steps", "0"]
             flags += ["--checkpointing_steps", "0", "--overwrite_output_dir", *extra]
             load = os.getloadavg()[0]
             run_train(flags, out, 1, priority=-10)
@@ -198,7 +199,7 @@ def train(args) -> None:
             if (out / "eval.json").exists():
                 print(f"{dataset}/{name}: done")
                 continue
-            flags = row_flags(name, dataset, table[name]["steps"])
+            flags = row_flags(name, dataset, table[name]["steps"], args.mixed_precision)
             flags += ["--checkpointing_steps", "250", "--image_steps", "0"]
             if (out / "checkpoints").exists():
                 flags += ["--resume_from_checkpoint", "latest"]
@@ -389,6 +390,13 @@ def main() -> None:
     parser.add_argument("--budget_cpu_minutes", type=float, default=60.0, help="per row, at one thread")
     parser.add_argument("--threads", type=int, default=1, help="train: threads per run")
     parser.add_argument("--priority", type=int, default=0, help="train: nice value of the runs")
+    parser.add_argument(
+        "--mixed_precision",
+        default="auto",
+        choices=["auto", "no", "bf16", "fp16"],
+        help="calibrate/train: train_tokenizer.py's; auto is bf16 only on a CPU with native bf16, so give `no` to "
+        "add rows comparable with rows trained in fp32 elsewhere",
+    )
     args = parser.parse_args()
     args.rows = [r for r in args.rows.split(",") if r]
     args.datasets = [d for d in args.datasets.split(",") if d]

@@ -5,10 +5,11 @@ The browser drives the same handlers in tests/test_webui_browser.py.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
+import shutil
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,8 +19,9 @@ from PIL import Image
 from minidalle.cli import main as cli_main
 from minidalle.cli.sample import main as sample_main
 from minidalle.errors import UserError
+from minidalle.pipeline import BUNDLED_MODELS, DEFAULT_MODEL
 from minidalle.webui import (
-    BUNDLED_MODELS,
+    PAGE_TEXT,
     Handlers,
     Limits,
     SamplingSettings,
@@ -29,6 +31,7 @@ from minidalle.webui import (
     warm_up_all,
 )
 from minidalle.webui.handlers import friendly, open_upload
+from minidalle.webui.models import page_text
 from minidalle.webui.server import check_address
 
 PROMPT = "a red circle"
@@ -274,10 +277,17 @@ def test_an_unexpected_error_is_one_line_and_the_trace_goes_to_the_log(caplog):
 def test_models_are_bundled_names_or_pipeline_folders(tiny_pipeline_dir, tmp_path, monkeypatch):
     assert list(resolve_models([])) == ["shapes", "emoji"]
     # a bundled model missing from the installation is not offered by default
-    monkeypatch.setitem(BUNDLED_MODELS, "emoji", dataclasses.replace(BUNDLED_MODELS["emoji"], folder=tmp_path / "x"))
+    monkeypatch.setitem(BUNDLED_MODELS, "emoji", tmp_path / "x")
     assert list(resolve_models([])) == ["shapes"]
     monkeypatch.undo()
-    assert resolve_models(["shapes", str(tiny_pipeline_dir)])[str(tiny_pipeline_dir)] == tiny_pipeline_dir
+    both = resolve_models(["shapes", "default", str(tiny_pipeline_dir)])
+    assert both == {"shapes": DEFAULT_MODEL, "default": DEFAULT_MODEL, str(tiny_pipeline_dir): tiny_pipeline_dir}
+    # the bundled model's examples follow its folder, whatever name it was asked by; a folder's get none
+    assert page_text(both["default"]) is PAGE_TEXT["shapes"] and page_text(tiny_pipeline_dir) is None
+    # names are read as sample.py reads them: a folder named like a bundled model that holds one is taken
+    monkeypatch.chdir(tmp_path)
+    shutil.copytree(tiny_pipeline_dir, tmp_path / "emoji")
+    assert resolve_models(["emoji"]) == {"emoji": Path("emoji")}
     with pytest.raises(UserError, match=r"--model nope: no such model folder, and no bundled model .*shapes"):
         resolve_models(["nope"])
     (tmp_path / "f.txt").write_text("x")

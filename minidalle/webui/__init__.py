@@ -5,12 +5,12 @@ extra and is imported only when the page is built, so the handlers and their tes
 """
 
 from .handlers import Handlers, Limits
-from .models import BUNDLED_MODELS, LoadedModel, load_models, resolve_models
+from .models import PAGE_TEXT, LoadedModel, load_models, resolve_models
 from .sampling import SamplingSettings, WarmSampler, warm_up_all
 from .server import check_address, import_gradio, launch
 
 __all__ = [
-    "BUNDLED_MODELS",
+    "PAGE_TEXT",
     "Handlers",
     "Limits",
     "LoadedModel",

@@ -7,26 +7,24 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import UserError
-from ..pipeline import DEFAULT_MODEL, EMOJI_MODEL, MiniDallePipeline
+from ..pipeline import MiniDallePipeline
 from ..pipeline.io import is_pipeline_folder
-from ..pipeline.pipeline import resolve_model
+from ..pipeline.pipeline import BUNDLED_MODELS, BUNDLED_NAMES, resolve_model
 from .sampling import WarmSampler
 
 logger = logging.getLogger("minidalle")
 
 
 @dataclass(frozen=True)
-class BundledModel:
-    folder: Path
+class PageText:
     examples: tuple[str, ...]  # prompts from its training grammar
     zero_shot_examples: tuple[str, ...] = ()  # prompts that name pairs it never saw in training
     about: str = ""
 
 
-# name -> the models that ship in the package
-BUNDLED_MODELS: dict[str, BundledModel] = {
-    "shapes": BundledModel(
-        DEFAULT_MODEL,
+# what the page shows beside each bundled model (its folder and name: the pipeline's BUNDLED_MODELS)
+PAGE_TEXT: dict[str, PageText] = {
+    "shapes": PageText(
         examples=(
             "a small red circle in the top left",
             "a large blue square at the bottom",
@@ -42,8 +40,7 @@ BUNDLED_MODELS: dict[str, BundledModel] = {
         about="coloured shapes on black; cyan diamonds, orange squares, purple circles and green triangles "
         "were never seen in training (zero-shot)",
     ),
-    "emoji": BundledModel(
-        EMOJI_MODEL,
+    "emoji": PageText(
         examples=(
             "a dog face in the noto style",
             "a red apple in the twemoji style",
@@ -60,6 +57,7 @@ BUNDLED_MODELS: dict[str, BundledModel] = {
         "the concepts were held out of one style each (zero-shot)",
     ),
 }
+assert set(PAGE_TEXT) == set(BUNDLED_NAMES)
 
 
 @dataclass
@@ -75,15 +73,13 @@ class LoadedModel:
 def resolve_models(names_or_folders: list[str]) -> dict[str, Path]:
     """`--model` values -> {picker name: pipeline folder}; none given: every bundled model.
 
-    A value is a bundled model's name or a pipeline folder; anything else is a `UserError` naming it,
+    A value is a bundled model's name or a pipeline folder, read as `sample.py --model` reads it (a folder
+    named like a bundled model is taken when it holds a model); anything else is a `UserError` naming it,
     raised before anything is loaded.
     """
     resolved: dict[str, Path] = {}
-    installed = [name for name, model in BUNDLED_MODELS.items() if (model.folder / "model_index.json").is_file()]
+    installed = [name for name in BUNDLED_NAMES if is_pipeline_folder(BUNDLED_MODELS[name])]
     for value in names_or_folders or installed:
-        if value in BUNDLED_MODELS:
-            resolved[value] = BUNDLED_MODELS[value].folder
-            continue
         try:
             folder = resolve_model(value)
         except UserError as exc:  # neither a folder nor a bundled name: the names are listed
@@ -98,7 +94,7 @@ def load_models(folders: dict[str, Path], device: str | None = None) -> dict[str
     """Load every pipeline once (the requests share them; sampling keeps no state in the pipeline)."""
     models = {}
     for name, folder in folders.items():
-        bundled = BUNDLED_MODELS.get(name)
+        bundled = page_text(folder)
         pipe = MiniDallePipeline.from_pretrained(folder, device=device or None)
         logger.info("loaded %s from %s (%s)", name, folder, pipe.device)
         models[name] = LoadedModel(
@@ -110,3 +106,11 @@ def load_models(folders: dict[str, Path], device: str | None = None) -> dict[str
             bundled.about if bundled else f"the pipeline in {folder}",
         )
     return models
+
+
+def page_text(folder: Path) -> PageText | None:
+    """The page's examples for a bundled model's folder (whatever name it was asked by); None for others."""
+    for name in BUNDLED_NAMES:
+        if Path(folder).resolve() == BUNDLED_MODELS[name].resolve():
+            return PAGE_TEXT[name]
+    return None
