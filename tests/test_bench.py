@@ -1,0 +1,58 @@
+"""The bench scripts' own logic, without their long runs: every row of the stage-1 comparison is a command line
+train_tokenizer.py accepts, with its schedules at the stated fractions of its step budget, and the CPU minutes
+of a resumed run count every segment."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+from minidalle.cli.args import parse_args
+from minidalle.cli.train import train_tokenizer_main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def compare():
+    spec = importlib.util.spec_from_file_location("compare_tokenizers", ROOT / "bench" / "compare_tokenizers.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("dataset", ["emoji", "shapes"])
+def test_every_comparison_row_is_a_valid_train_tokenizer_command(compare, dataset, monkeypatch):
+    monkeypatch.chdir(ROOT)  # rows name their recipes relative to the repository
+    steps = 1000
+    for name, row in compare.ROWS.items():
+        flags = compare.row_flags(name, dataset, steps, "no") + ["--output_dir", "unused"]
+        data_args, args, own, _ = parse_args(train_tokenizer_main.dataclass_types, flags)
+        assert args.max_steps == steps and args.mixed_precision == "no" and args.seed == 0, name
+        for key, fraction in row.get("fractions", {}).items():
+            value = getattr(args, key, None)
+            value = getattr(own, key) if value is None else value
+            assert value == int(fraction * steps), (name, key, value)
+        assert data_args.data == compare.DATASETS[dataset][1], name
+    # the quantizers are the rows' own: the table's labels say what was trained
+    parsed = {
+        n: parse_args(train_tokenizer_main.dataclass_types, compare.row_flags(n, dataset, steps))[2]
+        for n in compare.ROWS
+    }
+    assert parsed["dvae"].quantizer == parsed["dvae_gan"].quantizer == "gumbel"
+    assert (
+        parsed["fsq_gan"].quantizer == parsed["fsq_no_gan"].quantizer == "fsq" and parsed["vq_l2_gan"].quantizer == "vq"
+    )
+    assert parsed["fsq_no_gan"].disc_weight == 0 and parsed["fsq_no_perceptual"].perceptual_weight == 0
+    assert parsed["fsq_gan_16x16"].widths != parsed["fsq_gan"].widths
+
+
+def test_cpu_minutes_add_up_the_segments_of_a_resumed_run(compare, tmp_path):
+    # cpu_time restarts at 0 when a run resumes: 120 s before the kill, then 60 s more
+    log = [{"step": 50, "cpu_time": 60.0}, {"step": 100, "cpu_time": 120.0}, {"step": 150, "cpu_time": 30.0}]
+    log.append({"step": 200, "cpu_time": 60.0})
+    (tmp_path / "log.jsonl").write_text("".join(json.dumps(e) + "\n" for e in log))
+    assert compare.cpu_minutes(tmp_path) == 3.0
