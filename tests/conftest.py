@@ -91,7 +91,9 @@ def run_two_cpu_processes():
     root = Path(__file__).resolve().parents[1]
 
     def run(script: str, args: list[str], output_dir: Path) -> dict:
+        # PYTHONFAULTHANDLER: a rank that aborts prints where its Python was
         env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(root)}
+        env["PYTHONFAULTHANDLER"] = "1"
         cmd = [
             sys.executable,
             "-m",

@@ -414,3 +414,41 @@ def test_native_bf16_on_x86_needs_the_bf16_instructions_not_just_avx512(monkeypa
     assert runtime.native_bf16(cpu=True) is True
     monkeypatch.setattr(runtime, "_cpu_flags", lambda: {"fp", "asimd", "bf16"})  # an ARM CPU: oneDNN decides
     assert runtime.native_bf16(cpu=True) is True
+
+
+EXIT_PROBE = """
+import atexit, logging, sys
+from minidalle.cli.args import run_main
+from minidalle.errors import UserError
+logging.basicConfig(filename=sys.argv[2], level=logging.INFO)
+atexit.register(lambda: print("teardown ran", flush=True))
+def main():
+    print("printed, not yet flushed", end="")
+    logging.getLogger("probe").info("logged")
+    if sys.argv[1] == "error":
+        raise UserError("bad flag")
+    return int(sys.argv[1])
+run_main(main)
+"""
+
+
+@pytest.mark.parametrize("outcome, code", [("0", 0), ("3", 3), ("error", 2)])
+@pytest.mark.parametrize("world_size", ["1", "2"])
+def test_a_rank_of_a_multi_process_run_exits_without_the_teardown_keeping_its_output(
+    outcome, code, world_size, tmp_path
+):
+    # A rank of several skips the interpreter's teardown (where gloo ranks have aborted after a finished
+    # run), but what it printed and logged still comes out, with the command's exit code.
+    log = tmp_path / "run.log"
+    result = subprocess.run(
+        [sys.executable, "-c", EXIT_PROBE, outcome, str(log)],
+        env={**env(), "WORLD_SIZE": world_size},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == code, result.stderr
+    assert result.stdout.startswith("printed, not yet flushed")
+    assert ("teardown ran" in result.stdout) == (world_size == "1")
+    assert "logged" in log.read_text()
+    assert ("error: bad flag" in result.stderr) == (outcome == "error")

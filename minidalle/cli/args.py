@@ -13,6 +13,8 @@ import dataclasses
 import difflib
 import functools
 import json
+import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -201,14 +203,42 @@ def argv_asks_help(argv: Sequence[str] | None) -> bool:
 
 
 def run_main(main: Callable[[], Any]) -> None:
-    """Run a command's `main`, turning `UserError` into one line on stderr and exit code 2."""
+    """Run a command's `main`, turning `UserError` into one line on stderr and exit code 2.
+
+    A process of a multi-process run (launched by `accelerate launch` or `torchrun`) leaves with
+    `os._exit` once its command has returned: its files are written and closed and its process group
+    destroyed by then, and what is left, the interpreter's teardown, is where a gloo rank has been seen
+    to abort now and then ("terminate called without an active exception", SIGABRT), failing a run
+    that had finished and saved everything."""
     try:
         result = main()
+        code = result if isinstance(result, int) else 0
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
+        code = 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
-        raise SystemExit(130) from None
-    if isinstance(result, int):
-        raise SystemExit(result)
+        code = 130
+    if one_of_several_processes():
+        exit_at_once(code)
+    if code:
+        raise SystemExit(code)
+
+
+def one_of_several_processes() -> bool:
+    """True in a rank started by a distributed launcher for a run of more than one process."""
+    try:
+        return int(os.environ.get("WORLD_SIZE", "1")) > 1
+    except ValueError:
+        return False
+
+
+def exit_at_once(code: int) -> None:
+    """Flush what the process printed and logged, then leave without the interpreter's teardown."""
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code)
