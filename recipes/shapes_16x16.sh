@@ -13,14 +13,20 @@ stamp start
 minidalle make-shapes --out data/shapes-train40k --split train --num 40000 --seed 0
 minidalle make-shapes --out data/shapes-heldout --split train --num 500 --seed 1
 
-# Stage 1: the image tokenizer, on the first 20,000 images (flags in recipes/tokenizer_shapes_16x16.json;
-# fp32 as in the comparison). FSQ has no relaxation to anneal: the codes at inference are the training
-# codes, so the 8x8 recipe's decoder stage is not needed.
+# Stage 1a: the image tokenizer, on the first 20,000 images (flags in recipes/tokenizer_shapes_16x16.json;
+# fp32 as in the comparison)
 python train_tokenizer.py --config recipes/tokenizer_shapes_16x16.json --data data/shapes-train40k --max_examples 20000 \
     --eval_data data/shapes-heldout --output_dir "$out/tokenizer" --overwrite_output_dir
 stamp tokenizer-done
 minidalle encode --image_tokenizer "$out/tokenizer/image_tokenizer" --data data/shapes-train40k --out "$out/codes-train40k"
 stamp encode-done
+# Stage 1b: the decoder alone on all 40,000 images, encoder frozen, so the codes (and the prior trained on them)
+# stay valid; L1 + perceptual, no discriminator (recipes/tokenizer_shapes_16x16_decoder.json). It is not needed
+# for FSQ's codes (there is no relaxation), but it lifts held-out PSNR 33.1 -> 37.7 dB and the attributes kept
+# 97.6% -> 99.8%: the first stage's 753 steps leave the decoder short of training on small diamonds.
+python train_tokenizer.py --config recipes/tokenizer_shapes_16x16_decoder.json --init_from "$out/tokenizer/image_tokenizer" \
+    --data data/shapes-train40k --eval_data data/shapes-heldout --output_dir "$out/tokenizer-decoder" --overwrite_output_dir
+stamp decoder-done
 
 # Stage 2: the prior on all 40,000 images (flags in recipes/prior_shapes.json; compiled: 1.5x faster
 # per step on the 2-core CPU at 272 tokens, the same steps)
@@ -30,5 +36,6 @@ python train_prior.py --config recipes/prior_shapes.json --codes "$out/codes-tra
 stamp prior-done
 
 # Bundle: float16 weights inside the package
-minidalle export-pipeline --source "$out/prior/pipeline" --out "${BUNDLE:-minidalle/default_model}" --dtype float16
+minidalle export-pipeline --source "$out/prior/pipeline" --image_tokenizer "$out/tokenizer-decoder/image_tokenizer" \
+    --out "${BUNDLE:-minidalle/default_model}" --dtype float16
 stamp end
