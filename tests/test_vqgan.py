@@ -169,8 +169,9 @@ def test_quantizer_flags_give_clear_errors(shapes_dir, tmp_path):
         run(tokenizer_argv(shapes_dir, tmp_path / "b", quantizer="fsq", fsq_levels="5,5", num_codes=25))
     with pytest.raises(UserError, match="needs fsq_levels"):
         run(tokenizer_argv(shapes_dir, tmp_path / "c", quantizer="fsq"))
-    with pytest.raises(UserError, match="at least 2"):
-        DVAEConfig(**{**FSQ, "fsq_levels": [5, 1]})
+    for levels in ([5, 1], [5, 2]):  # 2 levels: the bound's shift would be NaN (fsq.py)
+        with pytest.raises(UserError, match="at least 3"):
+            DVAEConfig(**{**FSQ, "fsq_levels": levels})
 
 
 # ---------------------------------------------------------------------------------------------------- FSQ

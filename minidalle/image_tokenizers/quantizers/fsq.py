@@ -28,8 +28,10 @@ def check_levels(levels: list[int]) -> list[str]:
     """Problems with an FSQ level list, as config messages ([] when it is usable)."""
     if not levels:
         return ["quantizer 'fsq' needs fsq_levels, e.g. [8, 5, 5, 5] (1,000 codes)"]
-    if any(int(level) < 2 for level in levels):
-        return [f"every FSQ level must be at least 2, got {list(levels)}"]
+    if any(int(level) < 3 for level in levels):
+        # 2 levels: the even-level offset (0.5) exceeds the bound's half-width (1 - EPS) / 2, so the shift's
+        # atanh is NaN and every code came out as garbage
+        return [f"every FSQ level must be at least 3, got {list(levels)}"]
     return []
 
 
