@@ -306,3 +306,84 @@ def test_growing_the_text_length_keeps_every_learned_row_and_copies_the_last_pos
     assert prior.with_text_len(L) is prior
     with pytest.raises(UserError, match=f"--text_len {L - 1}: the prior has {L} text positions"):
         prior.with_text_len(L - 1)
+
+
+# --- factorised image codes (an FSQ tokenizer's digits) -------------------------------------------
+
+LEVELS = [2, 4, 4]  # 32 codes = K
+
+
+def test_factorised_logits_are_the_sum_of_each_digits_log_softmax():
+    prior = make_prior(image_code_levels=LEVELS)
+    text, codes = random_inputs(prior)
+    with torch.no_grad():
+        out = prior(text, codes, compute_loss=False)
+        hidden = prior.image_head.weight  # (sum(levels), C): the digit logits are a linear map of the states
+        assert hidden.shape == (sum(LEVELS), 32)
+        joint = out.image_logits  # (B, N, K), normalised log-probabilities
+        assert torch.allclose(joint.logsumexp(-1), torch.zeros(()), atol=1e-5)
+        # the digits' marginals of the joint: code k = d0 + 2*d1 + 8*d2 (FSQ's mixed radix)
+        p = joint.exp().view(*joint.shape[:2], 4, 4, 2)  # (B, N, d2, d1, d0)
+        marginals = [p.sum((2, 3)), p.sum((2, 4)), p.sum((3, 4))]
+        for k in (0, 1, 13, 31):
+            digits = (k % 2, k // 2 % 4, k // 8)
+            product = marginals[0][..., digits[0]] * marginals[1][..., digits[1]] * marginals[2][..., digits[2]]
+            assert torch.allclose(joint[..., k].exp(), product, atol=1e-6)
+
+
+def test_factorised_training_loss_equals_the_cross_entropy_of_the_joint_logits():
+    prior = make_prior(image_code_levels=LEVELS, caption_dropout=0.0).train()
+    text, codes = random_inputs(prior)
+    out = prior(text, codes)
+    assert out.image_logits is None  # the training loss never builds the (B, N, K) logits
+    joint = prior(text, codes, compute_loss=False).image_logits
+    assert torch.allclose(out.loss_image, F.cross_entropy(joint.flatten(0, 1), codes.flatten()), atol=1e-5)
+    out.loss.backward()
+    assert prior.digit_emb.weight.grad.abs().sum() > 0 and prior.image_head.weight.grad.abs().sum() > 0
+    assert prior.token_emb.weight.shape[0] == prior.config.image_offset  # no row per code: digits embed them
+
+
+def test_factorised_kv_cache_steps_agree_with_the_full_pass():
+    prior = make_prior(image_code_levels=LEVELS)
+    text, codes = random_inputs(prior)
+    with torch.no_grad():
+        full = prior(text, codes, compute_loss=False).image_logits
+        cache = prior.new_cache(text.shape[0])
+        logits = [prior.prefill(text, None, cache)]
+        for i in range(N - 1):
+            logits.append(prior.step(codes[:, i : i + 1], torch.tensor(L + 1 + i), cache))
+    assert torch.allclose(torch.stack(logits, 1), full, atol=1e-5)
+
+
+@pytest.mark.parametrize("levels", [[], LEVELS])
+def test_a_code_absent_from_training_is_reachable_only_with_factorised_codes(levels):
+    """Train on codes whose digit combination (d0=1, d1=3, d2=3: code 31) never occurs, though each of its
+    digits does: a head over whole codes learns ~0 for it, the factorised head the product of its digits'."""
+    prior = make_prior(image_code_levels=levels, caption_dropout=0.0).train()
+    g = torch.Generator().manual_seed(0)
+    text = prior.text_tokens(torch.randint(1, V, (32, L), generator=g), pad_id=0)
+    optimizer = torch.optim.AdamW(prior.parameters(), lr=3e-3)
+    for _ in range(100):  # fresh codes every step: the prior learns their distribution, not the sequences
+        codes = torch.randint(0, K - 1, (32, N), generator=g)  # every code but 31
+        optimizer.zero_grad()
+        prior(text, codes).loss.backward()
+        optimizer.step()
+    with torch.no_grad():
+        p = prior(text, codes, compute_loss=False).image_logits.softmax(-1)[..., 31].mean().item()
+    if levels:  # its digits' product in the data: 15/31 * 7/31 * 7/31 = 0.025 (0.8 / K)
+        assert p > 0.4 / K
+    else:
+        assert p < 0.1 / K
+
+
+def test_factorised_priors_save_and_load_and_refuse_levels_that_do_not_make_k(tmp_path):
+    prior = make_prior(image_code_levels=LEVELS)
+    text, codes = random_inputs(prior)
+    loaded = Prior.from_pretrained(prior.save_pretrained(tmp_path / "prior"))
+    assert loaded.config.image_code_levels == LEVELS
+    with torch.no_grad():
+        assert torch.equal(prior(text, codes).loss, loaded(text, codes).loss)
+    with pytest.raises(UserError, match="image_code_levels"):
+        tiny_config(image_code_levels=[4, 4])
+    with pytest.raises(UserError, match="image_code_levels"):
+        tiny_config(image_code_levels=[1, 32])

@@ -94,6 +94,32 @@ def test_the_run_writes_a_complete_pipeline_that_loads_and_samples(trained, imag
     assert (trained / "checkpoints" / "step-0000040").is_dir()
 
 
+def test_factorised_image_codes_train_on_an_fsq_tokenizer_and_are_refused_for_another(
+    shapes_dir, image_tokenizer_dir, tmp_path
+):
+    torch.manual_seed(0)
+    config = DVAEConfig(image_size=SIZE, widths=[8, 8, 8], res_blocks=0, quantizer="fsq", fsq_levels=[4, 8])
+    fsq_dir = DiscreteVAE(config).eval().save_pretrained(tmp_path / "fsq")
+    out = tmp_path / "factorised"
+    run(tiny_args(shapes_dir, out, fsq_dir, "--max_steps", "10", "--factorised_image_codes"))
+    assert losses(out)[10] < losses(out)[5]
+    pipe = MiniDallePipeline.from_pretrained(out / "pipeline", device="cpu")
+    assert pipe.prior.config.image_code_levels == [4, 8] and not hasattr(pipe.prior, "image_pos")
+    out_images = pipe(["a red circle"], num_images_per_prompt=2, seed=0, num_candidates=2)
+    assert len(out_images.images) == 2 and out_images.codes.max() < 32
+    with pytest.raises(UserError, match="needs an FSQ image tokenizer.*'gumbel'"):
+        run(
+            tiny_args(
+                shapes_dir, tmp_path / "gumbel", image_tokenizer_dir, "--max_steps", "2", "--factorised_image_codes"
+            )
+        )
+    other = DiscreteVAE(DVAEConfig(**{**config.__dict__, "fsq_levels": [8, 4]}))
+    from minidalle.pipeline.io import check_compatible
+
+    with pytest.raises(UserError, match=r"digits of FSQ levels \[4, 8\]"):
+        check_compatible(pipe.prior, other, pipe.text_tokenizer, "here")
+
+
 def test_training_feeds_per_position_pads(shapes_dir, image_tokenizer_dir, tmp_path, monkeypatch):
     seen = []
     forward = Prior.forward

@@ -154,6 +154,12 @@ def check_compatible(
             f"the image tokenizer has {image_tokenizer.num_codes} on "
             f"{image_tokenizer.grid_size}x{image_tokenizer.grid_size}"
         )
+    levels = list(getattr(image_tokenizer.config, "fsq_levels", None) or [])
+    if cfg.image_code_levels and cfg.image_code_levels != levels:
+        raise UserError(
+            f"{where}: the prior predicts codes as digits of FSQ levels {cfg.image_code_levels}, the image tokenizer's "
+            f"levels are {levels or 'none (it is not an FSQ tokenizer)'}"
+        )
     found = image_tokenizer.codes_hash()
     if cfg.image_tokenizer_hash and cfg.image_tokenizer_hash != found:
         raise UserError(

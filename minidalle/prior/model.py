@@ -12,6 +12,15 @@ positions have a head over text ids only, image positions a head over image
 codes only, so text positions cannot put probability on image ids or the
 reverse (`PriorOutput.logits` assembles the masked joint-vocabulary view).
 
+Factorised image codes (`image_code_levels`, for an FSQ image tokenizer): an FSQ code is the
+mixed-radix number of a few digits (`fsq_levels`, e.g. 8·6·6·5·5 = 7,200 codes). With the levels
+set, a code is embedded as the sum of one embedding per digit, and the image head predicts each
+digit (one softmax per digit; a code's log-probability is the sum of its digits'). A code whose
+digit combination never occurs in the training images is then as reachable as any other: with a
+head over whole codes it gets ~zero probability, and a finer tokenizer's held-out compositions
+need such codes (`bench/unseen_codes.py`). `image_logits` stay (..., K) log-probabilities, so
+sampling, guidance and scoring do not change.
+
 Positions: text positions get a learned 1-D embedding; image positions get
 learned row + column embeddings of the code they hold (the paper's 2-D
 awareness), so a code "knows" where it sits on the grid.
@@ -28,7 +37,8 @@ cache in our trial). `gradient_checkpointing` is an option here too.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+import math
+from dataclasses import dataclass, field, replace
 from typing import ClassVar
 
 import torch
@@ -57,6 +67,8 @@ class PriorConfig:
     caption_dropout: float = 0.15  # training: caption -> empty caption, for classifier-free guidance
     gradient_checkpointing: bool = False
     image_positions: str = "rowcol"  # rowcol: row + column embeddings (2-D); flat: one learned embedding per position
+    # an FSQ tokenizer's levels: codes embedded and predicted digit by digit (module docstring); []: whole codes
+    image_code_levels: list[int] = field(default_factory=list)
     # the image tokenizer this prior was trained with (checked when a pipeline is assembled)
     image_tokenizer_hash: str = ""
 
@@ -71,6 +83,14 @@ class PriorConfig:
         for name in ("text_vocab_size", "text_len", "num_image_codes", "image_grid", "layers"):
             if getattr(self, name) < 1:
                 raise UserError(f"prior config: {name} must be >= 1")
+        self.image_code_levels = [int(level) for level in self.image_code_levels]
+        if self.image_code_levels and (
+            min(self.image_code_levels) < 2 or math.prod(self.image_code_levels) != self.num_image_codes
+        ):
+            raise UserError(
+                f"prior config: image_code_levels {self.image_code_levels} must be levels >= 2 whose product is "
+                f"num_image_codes ({self.num_image_codes})"
+            )
 
     @property
     def num_image_tokens(self) -> int:  # N
@@ -92,6 +112,10 @@ class PriorConfig:
     def vocab_size(self) -> int:  # the joint vocabulary
         return self.image_offset + self.num_image_codes
 
+    @property
+    def factorised(self) -> bool:
+        return bool(self.image_code_levels)
+
     @classmethod
     def from_dict(cls, values: dict) -> PriorConfig:
         return config_from_dict(cls, values, "prior")
@@ -112,11 +136,14 @@ class PriorOutput:
     loss_text: torch.Tensor | None
     loss_image: torch.Tensor | None
     text_logits: torch.Tensor  # (B, L, V + L): predicts text ids and per-position pads
-    image_logits: torch.Tensor  # (B, N, K): predicts image codes
+    image_logits: torch.Tensor | None  # (B, N, K): predicts image codes (None: a factorised prior's training loss,
+    # computed from its digits alone; `compute_loss=False` gives them)
 
     @property
     def logits(self) -> torch.Tensor:
         """(B, T, joint vocab) with -inf outside each position's own part of the vocabulary."""
+        if self.image_logits is None:
+            raise ValueError("a factorised prior's training output has no image logits; call with compute_loss=False")
         b, text_len, vt = self.text_logits.shape
         n, k = self.image_logits.shape[1:]
         out = self.text_logits.new_full((b, text_len + n, vt + 1 + k), float("-inf"))
@@ -198,7 +225,10 @@ class Prior(SavedModel, nn.Module):
         super().__init__()
         self.config = config
         c = config
-        self.token_emb = nn.Embedding(c.vocab_size, c.dim)
+        # factorised codes have digit embeddings instead of a row per code (no joint id is looked up past <bos>)
+        self.token_emb = nn.Embedding(c.image_offset if c.factorised else c.vocab_size, c.dim)
+        if c.factorised:
+            self.digit_emb = nn.Embedding(sum(c.image_code_levels), c.dim)
         self.text_pos = nn.Embedding(c.text_len + 1, c.dim)  # <bos> + L text positions
         if c.image_positions == "rowcol":
             self.row_emb = nn.Embedding(c.image_grid, c.dim)
@@ -208,7 +238,7 @@ class Prior(SavedModel, nn.Module):
         self.blocks = nn.ModuleList(Block(c) for _ in range(c.layers))
         self.ln_f = nn.LayerNorm(c.dim)
         self.text_head = nn.Linear(c.dim, c.text_vocab_size + c.text_len, bias=False)
-        self.image_head = nn.Linear(c.dim, c.num_image_codes, bias=False)
+        self.image_head = nn.Linear(c.dim, sum(c.image_code_levels) if c.factorised else c.num_image_codes, bias=False)
         self.apply(self._init)
         for block in self.blocks:  # GPT-2's scaled init of residual projections
             nn.init.normal_(block.proj.weight, std=0.02 / (2 * c.layers) ** 0.5)
@@ -216,6 +246,12 @@ class Prior(SavedModel, nn.Module):
         idx = torch.arange(c.num_image_tokens)
         self.register_buffer("image_rows", idx // c.image_grid, persistent=False)
         self.register_buffer("image_cols", idx % c.image_grid, persistent=False)
+        if c.factorised:  # digit i of code k (FSQ's mixed radix, digit 0 least significant), offset into digit_emb
+            levels = torch.tensor(c.image_code_levels)
+            basis = torch.cumprod(torch.cat([levels.new_ones(1), levels[:-1]]), 0)
+            digits = (torch.arange(c.num_image_codes)[:, None] // basis) % levels  # (K, D)
+            offsets = torch.cumsum(torch.cat([levels.new_zeros(1), levels[:-1]]), 0)
+            self.register_buffer("code_digits", digits + offsets, persistent=False)
 
     @staticmethod
     def _init(module: nn.Module) -> None:
@@ -234,10 +270,16 @@ class Prior(SavedModel, nn.Module):
         tokens = torch.cat([bos, text_tokens], dim=1)
         return self.token_emb(tokens) + self.text_pos.weight[: tokens.shape[1]]
 
+    def embed_codes(self, codes: torch.Tensor) -> torch.Tensor:
+        """(B, n) image codes -> (B, n, C): their rows of the joint embedding, or the sum of their digits'."""
+        if self.config.factorised:
+            return self.digit_emb(self.code_digits[codes]).sum(-2)
+        return self.token_emb(codes + self.config.image_offset)
+
     def embed_image(self, codes: torch.Tensor, start: int = 0) -> torch.Tensor:
         """(B, n) image codes at grid positions start..start+n-1 -> (B, n, C)."""
         n = codes.shape[1]
-        tokens = self.token_emb(codes + self.config.image_offset)
+        tokens = self.embed_codes(codes)
         if self.config.image_positions == "flat":
             return tokens + self.image_pos.weight[start : start + n]
         rows, cols = self.image_rows[start : start + n], self.image_cols[start : start + n]
@@ -245,7 +287,7 @@ class Prior(SavedModel, nn.Module):
 
     def embed_image_at(self, codes: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         """(B, 1) codes at grid position `index` (a 0-d tensor) -> (B, 1, C); `embed_image` without Python ints."""
-        tokens = self.token_emb(codes + self.config.image_offset)
+        tokens = self.embed_codes(codes)
         if self.config.image_positions == "flat":
             return tokens + self.image_pos(index)
         g = self.config.image_grid
@@ -311,11 +353,21 @@ class Prior(SavedModel, nn.Module):
                 x = block(x)
         x = self.ln_f(x)
         text_logits = self.text_head(x[:, : c.text_len])  # (B, L, V + L)
-        image_logits = self.image_head(x[:, c.text_len :])  # (B, N, K)
         if not compute_loss:
-            return PriorOutput(None, None, None, text_logits, image_logits)
+            return PriorOutput(None, None, None, text_logits, self.image_logits(x[:, c.text_len :]))
         loss_text = F.cross_entropy(text_logits.float().flatten(0, 1), text_tokens.flatten())
-        loss_image = F.cross_entropy(image_logits.float().flatten(0, 1), image_codes.flatten())
+        if c.factorised:  # the sum of the digits' cross-entropies, without the (B, N, K) joint logits
+            digit_logits = self.image_head(x[:, c.text_len :]).float().split(c.image_code_levels, -1)
+            digits = (
+                self.code_digits[image_codes] - self.code_digits[0]
+            )  # (B, N, D) in [0, L_i): code 0 has the offsets
+            loss_image = sum(
+                F.cross_entropy(part.flatten(0, 1), digits[..., i].flatten()) for i, part in enumerate(digit_logits)
+            )
+            image_logits = None
+        else:
+            image_logits = self.image_logits(x[:, c.text_len :])  # (B, N, K)
+            loss_image = F.cross_entropy(image_logits.float().flatten(0, 1), image_codes.flatten())
         w = c.loss_img_weight
         loss = (loss_text + w * loss_image) / (1 + w)
         return PriorOutput(loss, loss_text.detach(), loss_image.detach(), text_logits, image_logits)
@@ -365,12 +417,24 @@ class Prior(SavedModel, nn.Module):
 
     def _next_logits(self, x: torch.Tensor) -> torch.Tensor:
         """The blocks' output (B, t, C) -> logits (B, K) of the image code after its last position."""
-        return self.image_head(self.ln_f(x[:, -1])).float()
+        return self.image_logits(self.ln_f(x[:, -1])).float()
+
+    def image_logits(self, h: torch.Tensor) -> torch.Tensor:
+        """The final hidden states (..., C) of image positions -> logits (..., K) over image codes; factorised:
+        the codes' log-probabilities, each the sum of its digits' (one log-softmax per digit)."""
+        logits = self.image_head(h)
+        if not self.config.factorised:
+            return logits
+        logp = torch.cat([part.float().log_softmax(-1) for part in logits.split(self.config.image_code_levels, -1)], -1)
+        out = logp[..., self.code_digits[:, 0]]
+        for digit in range(1, self.code_digits.shape[1]):
+            out = out + logp[..., self.code_digits[:, digit]]
+        return out.to(logits.dtype)
 
     # ------------------------------------------------------------ parameters
     def embedding_modules(self) -> list[nn.Module]:
         """The token and position embeddings (what `--freeze_embeddings` and `num_parameters(False)` leave out)."""
-        names = ("token_emb", "text_pos", "row_emb", "col_emb", "image_pos")
+        names = ("token_emb", "digit_emb", "text_pos", "row_emb", "col_emb", "image_pos")
         return [getattr(self, n) for n in names if hasattr(self, n)]
 
     def num_parameters(self, embeddings: bool = True) -> int:

@@ -124,6 +124,22 @@ class PriorArguments:
     image_positions: str = arg(
         "rowcol", help="How image positions are embedded: rowcol (row + column, 2-D) or flat (1-D)."
     )
+    factorised_image_codes: bool = arg(
+        False,
+        help="With an FSQ image tokenizer: embed and predict each code digit by digit (one softmax per FSQ level), "
+        "so codes whose digit combination no training image has stay reachable (bench/unseen_codes.py).",
+    )
+
+
+def image_code_levels(image_tokenizer: ImageTokenizer) -> list[int]:
+    """An FSQ image tokenizer's levels (`--factorised_image_codes`); a clear error for any other quantizer."""
+    config = image_tokenizer.config
+    if getattr(config, "quantizer", None) != "fsq":
+        raise UserError(
+            "--factorised_image_codes needs an FSQ image tokenizer (its codes are digits); this one's quantizer is "
+            f"{getattr(config, 'quantizer', type(image_tokenizer).__name__)!r}"
+        )
+    return list(config.fsq_levels)
 
 
 def _codes_cache(
@@ -226,6 +242,10 @@ def train(
         attribution=read_attribution(data_args.data, prior_args.eval_data, init_folder, prior_args.image_tokenizer),
     )
     grown_from = None
+    if init_prior is not None and prior_args.factorised_image_codes and not init_prior.config.factorised:
+        raise UserError(
+            "--factorised_image_codes: the prior of --init_from predicts whole codes; a fine-tune keeps its head"
+        )
     if init_prior is not None:  # a fine-tune keeps its prior's text length unless asked for more
         if prior_args.text_len and prior_args.text_len != init_prior.config.text_len:
             grown_from = init_prior.config.text_len
@@ -280,6 +300,7 @@ def train(
             loss_img_weight=prior_args.loss_img_weight,
             gradient_checkpointing=prior_args.gradient_checkpointing,
             image_positions=prior_args.image_positions,
+            image_code_levels=image_code_levels(image_tokenizer) if prior_args.factorised_image_codes else [],
             image_tokenizer_hash=image_tokenizer.codes_hash(),
             **PRESETS[args.preset],
         )
