@@ -75,7 +75,8 @@ def main() -> None:
     if args.codes:
         from minidalle.training.encode import load_codes
 
-        train = load_codes(args.codes, expected_hash=tokenizer.codes_hash())[0]["codes"].long()
+        codes_ds = load_codes(args.codes, expected_hash=tokenizer.codes_hash())[0]
+        train = torch.as_tensor(codes_ds.with_format("numpy")[:]["codes"]).long()
     else:
         train = encode_scenes(tokenizer, [generate_scene("train", 0, i) for i in range(args.num_train)])
     counts = torch.bincount(train.flatten(), minlength=tokenizer.num_codes)
