@@ -246,12 +246,12 @@ class Prior(SavedModel, nn.Module):
         idx = torch.arange(c.num_image_tokens)
         self.register_buffer("image_rows", idx // c.image_grid, persistent=False)
         self.register_buffer("image_cols", idx % c.image_grid, persistent=False)
-        if c.factorised:  # digit i of code k (FSQ's mixed radix, digit 0 least significant), offset into digit_emb
+        if c.factorised:  # digit i of code k (FSQ's mixed radix, digit 0 least significant), and where each
+            # digit's rows start in digit_emb
             levels = torch.tensor(c.image_code_levels)
             basis = torch.cumprod(torch.cat([levels.new_ones(1), levels[:-1]]), 0)
-            digits = (torch.arange(c.num_image_codes)[:, None] // basis) % levels  # (K, D)
-            offsets = torch.cumsum(torch.cat([levels.new_zeros(1), levels[:-1]]), 0)
-            self.register_buffer("code_digits", digits + offsets, persistent=False)
+            self.register_buffer("code_digits", (torch.arange(c.num_image_codes)[:, None] // basis) % levels, False)
+            self.register_buffer("digit_offsets", torch.cumsum(levels, 0) - levels, persistent=False)  # (D,)
 
     @staticmethod
     def _init(module: nn.Module) -> None:
@@ -273,7 +273,7 @@ class Prior(SavedModel, nn.Module):
     def embed_codes(self, codes: torch.Tensor) -> torch.Tensor:
         """(B, n) image codes -> (B, n, C): their rows of the joint embedding, or the sum of their digits'."""
         if self.config.factorised:
-            return self.digit_emb(self.code_digits[codes]).sum(-2)
+            return self.digit_emb(self.code_digits[codes] + self.digit_offsets).sum(-2)
         return self.token_emb(codes + self.config.image_offset)
 
     def embed_image(self, codes: torch.Tensor, start: int = 0) -> torch.Tensor:
@@ -358,9 +358,7 @@ class Prior(SavedModel, nn.Module):
         loss_text = F.cross_entropy(text_logits.float().flatten(0, 1), text_tokens.flatten())
         if c.factorised:  # the sum of the digits' cross-entropies, without the (B, N, K) joint logits
             digit_logits = self.image_head(x[:, c.text_len :]).float().split(c.image_code_levels, -1)
-            digits = (
-                self.code_digits[image_codes] - self.code_digits[0]
-            )  # (B, N, D) in [0, L_i): code 0 has the offsets
+            digits = self.code_digits[image_codes]  # (B, N, D)
             loss_image = sum(
                 F.cross_entropy(part.flatten(0, 1), digits[..., i].flatten()) for i, part in enumerate(digit_logits)
             )
@@ -425,11 +423,8 @@ class Prior(SavedModel, nn.Module):
         logits = self.image_head(h)
         if not self.config.factorised:
             return logits
-        logp = torch.cat([part.float().log_softmax(-1) for part in logits.split(self.config.image_code_levels, -1)], -1)
-        out = logp[..., self.code_digits[:, 0]]
-        for digit in range(1, self.code_digits.shape[1]):
-            out = out + logp[..., self.code_digits[:, digit]]
-        return out.to(logits.dtype)
+        parts = logits.float().split(self.config.image_code_levels, -1)
+        return sum(part.log_softmax(-1)[..., self.code_digits[:, i]] for i, part in enumerate(parts)).to(logits.dtype)
 
     # ------------------------------------------------------------ parameters
     def embedding_modules(self) -> list[nn.Module]:
