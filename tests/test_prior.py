@@ -199,6 +199,31 @@ def test_caption_dropout_applies_only_in_train_mode():
         assert torch.allclose(no_dropout(text, codes).image_logits, make_prior()(text, codes).image_logits)
 
 
+def test_dropout_acts_only_while_training():
+    text, codes = random_inputs(make_prior())
+    plain, dropped = make_prior(seed=6, caption_dropout=0.0), make_prior(seed=6, caption_dropout=0.0, dropout=0.5)
+    with torch.no_grad():
+        assert torch.equal(plain(text, codes).image_logits, dropped(text, codes).image_logits)  # eval: no dropout
+        dropped.train()
+        torch.manual_seed(0)
+        a = dropped(text, codes).image_logits
+        b = dropped(text, codes).image_logits
+        torch.manual_seed(0)
+        c = dropped(text, codes).image_logits
+    assert not torch.allclose(a, b)  # a fresh mask each pass
+    assert torch.equal(a, c)  # drawn from the global RNG (a resumed run restores it)
+    assert not torch.allclose(a, plain(text, codes).image_logits)
+    # every residual branch and the embeddings drop: with p = 1 the blocks add nothing to an all-zero input
+    gone = make_prior(seed=6, caption_dropout=0.0, dropout=1.0).train()
+    with torch.no_grad():
+        x = gone.ln_f(torch.zeros(1, 1, gone.config.dim))
+        out = gone(text, codes)
+    assert torch.allclose(out.text_logits[:, :1], gone.text_head(x).expand_as(out.text_logits[:, :1]), atol=1e-6)
+    # set_dropout reaches every block and the config (a fine-tune's choice)
+    dropped.set_dropout(0.0)
+    assert dropped.config.dropout == 0.0 and all(block.dropout == 0.0 for block in dropped.blocks)
+
+
 # --- persistence -----------------------------------------------------------------------------
 
 

@@ -209,9 +209,10 @@ def test_codes_of_another_image_tokenizer_are_a_user_error(shapes_dir, tmp_path)
 # --- resume ----------------------------------------------------------------------------------
 
 
-def test_resume_continues_exactly(shapes_dir, image_tokenizer_dir, tmp_path):
+@pytest.mark.parametrize("extra", [[], ["--dropout", "0.2"]], ids=["plain", "dropout"])
+def test_resume_continues_exactly(shapes_dir, image_tokenizer_dir, tmp_path, extra):
     full = tmp_path / "full"
-    ckpt = ["--max_steps", "20", "--checkpointing_steps", "10", "--checkpoints_total_limit", "5"]
+    ckpt = ["--max_steps", "20", "--checkpointing_steps", "10", "--checkpoints_total_limit", "5", *extra]
     run(tiny_args(shapes_dir, full, image_tokenizer_dir, *ckpt))
     resumed = tmp_path / "resumed"
     (resumed / "checkpoints").mkdir(parents=True)
@@ -276,6 +277,19 @@ def test_init_from_without_freezing_trains_everything(trained, shapes_dir, tmp_p
     after = weights(out / "pipeline")
     assert not torch.equal(before["blocks.0.qkv.weight"], after["blocks.0.qkv.weight"])
     assert not torch.equal(before["token_emb.weight"], after["token_emb.weight"])
+
+
+def test_dropout_is_recorded_and_a_fine_tune_keeps_its_bases_unless_asked(trained, shapes_dir, tmp_path):
+    def fine_tune(out: Path, base: Path, *extra: str) -> float:
+        run(tiny_args(shapes_dir, out, None, "--max_steps", "2", "--init_from", str(base / "pipeline"), *extra))
+        return Prior.from_pretrained(out / "pipeline" / "prior").config.dropout
+
+    assert Prior.from_pretrained(trained / "pipeline" / "prior").config.dropout == 0.0  # the default
+    assert fine_tune(tmp_path / "base", trained, "--dropout", "0.2") == 0.2
+    assert fine_tune(tmp_path / "kept", tmp_path / "base") == 0.2
+    assert fine_tune(tmp_path / "changed", tmp_path / "base", "--dropout", "0") == 0.0
+    with pytest.raises(UserError, match="--dropout"):
+        fine_tune(tmp_path / "bad", trained, "--dropout", "1")
 
 
 def test_init_from_with_another_image_tokenizer_is_a_user_error(trained, shapes_dir, tmp_path):

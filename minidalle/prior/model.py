@@ -62,7 +62,7 @@ class PriorConfig:
     layers: int = 4
     heads: int = 8
     mlp_ratio: int = 4
-    dropout: float = 0.0
+    dropout: float = 0.0  # training only: on the embeddings, the attention weights and both residual branches
     loss_img_weight: float = 7.0  # loss = (L_text + w * L_image) / (1 + w)
     caption_dropout: float = 0.15  # training: caption -> empty caption, for classifier-free guidance
     gradient_checkpointing: bool = False
@@ -181,8 +181,9 @@ class Block(nn.Module):
     def _residuals(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Attention output y (B, H, t, Dh) -> the block's output: both residual branches."""
         b, t, c = x.shape
-        x = x + self.proj(y.transpose(1, 2).reshape(b, t, c))
-        return x + self.out(F.gelu(self.fc(self.ln2(x)), approximate="tanh"))
+        p = self.dropout if self.training else 0.0  # residual dropout (nanoGPT's resid_dropout); none when sampling
+        x = x + F.dropout(self.proj(y.transpose(1, 2).reshape(b, t, c)), p)
+        return x + F.dropout(self.out(F.gelu(self.fc(self.ln2(x)), approximate="tanh")), p)
 
     def forward(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
         """Causal self-attention over x (B, t, C) from position 0; with `cache`, its keys and values
@@ -297,6 +298,12 @@ class Prior(SavedModel, nn.Module):
         """The empty caption (every position its pad) as joint text tokens (batch, L): the unconditional prompt."""
         return (self.config.text_vocab_size + torch.arange(self.config.text_len, device=device)).expand(batch, -1)
 
+    def set_dropout(self, p: float) -> None:
+        """Train with dropout p from now on (the config records it; a fine-tune may change its base's)."""
+        self.config.dropout = p
+        for block in self.blocks:
+            block.dropout = p
+
     def drop_captions(
         self, text_tokens: torch.Tensor, p: float, generator: torch.Generator | None = None
     ) -> torch.Tensor:
@@ -346,6 +353,7 @@ class Prior(SavedModel, nn.Module):
         if self.training and c.caption_dropout > 0:
             text_tokens = self.drop_captions(text_tokens, c.caption_dropout)
         x = torch.cat([self.embed_prefix(text_tokens), self.embed_image(image_codes[:, :-1])], dim=1)  # (B, T, C)
+        x = F.dropout(x, c.dropout if self.training else 0.0)
         for block in self.blocks:
             if c.gradient_checkpointing and self.training:
                 x = checkpoint(block, x, use_reentrant=False)

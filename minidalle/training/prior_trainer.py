@@ -81,6 +81,14 @@ class PriorArguments:
         minimum=0,
         maximum=1,
     )
+    dropout: float | None = arg(
+        None,
+        help="Dropout on the prior's embeddings, attention weights and residual branches while training (nanoGPT's; "
+        "0.1-0.2 helps a small dataset that the prior overfits). Default: 0, or when fine-tuning the --init_from "
+        "prior's own.",
+        minimum=0,
+        maximum=0.9,
+    )
     loss_img_weight: float = arg(7.0, help="w in (L_text + w * L_image) / (1 + w).", minimum=0)
     freeze_blocks: int = arg(
         0,
@@ -290,6 +298,8 @@ def train(
         model = init_prior.train()
         model.config.caption_dropout = prior_args.caption_dropout
         model.config.loss_img_weight = prior_args.loss_img_weight
+        if prior_args.dropout is not None:
+            model.set_dropout(prior_args.dropout)
     else:
         config = PriorConfig(
             text_vocab_size=len(text_tokenizer),
@@ -298,6 +308,7 @@ def train(
             image_grid=image_tokenizer.grid_size,
             caption_dropout=prior_args.caption_dropout,
             loss_img_weight=prior_args.loss_img_weight,
+            dropout=prior_args.dropout or 0.0,
             gradient_checkpointing=prior_args.gradient_checkpointing,
             image_positions=prior_args.image_positions,
             image_code_levels=image_code_levels(image_tokenizer) if prior_args.factorised_image_codes else [],
