@@ -171,7 +171,7 @@ class Block(nn.Module):
         self.ln2 = nn.LayerNorm(cfg.dim)
         self.fc = nn.Linear(cfg.dim, cfg.mlp_ratio * cfg.dim, bias=False)
         self.out = nn.Linear(cfg.mlp_ratio * cfg.dim, cfg.dim, bias=False)
-        self.dropout = cfg.dropout
+        self.config = cfg  # its Prior's: dropout is read from it, so a fine-tune that sets it reaches every block
 
     def _qkv(self, x: torch.Tensor) -> torch.Tensor:
         """(B, t, C) -> q, k, v stacked: (3, B, H, t, Dh)."""
@@ -181,7 +181,7 @@ class Block(nn.Module):
     def _residuals(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Attention output y (B, H, t, Dh) -> the block's output: both residual branches."""
         b, t, c = x.shape
-        p = self.dropout if self.training else 0.0  # residual dropout (nanoGPT's resid_dropout); none when sampling
+        p = self.config.dropout if self.training else 0.0  # nanoGPT's resid_dropout; none when sampling
         x = x + F.dropout(self.proj(y.transpose(1, 2).reshape(b, t, c)), p)
         return x + F.dropout(self.out(F.gelu(self.fc(self.ln2(x)), approximate="tanh")), p)
 
@@ -193,7 +193,8 @@ class Block(nn.Module):
             t = x.shape[1]
             cache[0][:, :, :t] = k
             cache[1][:, :, :t] = v
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0)
+        p = self.config.dropout if self.training else 0.0
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=p)
         return self._residuals(x, y)
 
     def step(self, x: torch.Tensor, cache: KVCache, pos: torch.Tensor, visible: torch.Tensor) -> torch.Tensor:
@@ -297,12 +298,6 @@ class Prior(SavedModel, nn.Module):
     def empty_text_tokens(self, batch: int, device: torch.device | str | None = None) -> torch.Tensor:
         """The empty caption (every position its pad) as joint text tokens (batch, L): the unconditional prompt."""
         return (self.config.text_vocab_size + torch.arange(self.config.text_len, device=device)).expand(batch, -1)
-
-    def set_dropout(self, p: float) -> None:
-        """Train with dropout p from now on (the config records it; a fine-tune may change its base's)."""
-        self.config.dropout = p
-        for block in self.blocks:
-            block.dropout = p
 
     def drop_captions(
         self, text_tokens: torch.Tensor, p: float, generator: torch.Generator | None = None

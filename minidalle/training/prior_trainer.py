@@ -299,7 +299,7 @@ def train(
         model.config.caption_dropout = prior_args.caption_dropout
         model.config.loss_img_weight = prior_args.loss_img_weight
         if prior_args.dropout is not None:
-            model.set_dropout(prior_args.dropout)
+            model.config.dropout = prior_args.dropout
     else:
         config = PriorConfig(
             text_vocab_size=len(text_tokenizer),
