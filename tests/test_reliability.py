@@ -309,6 +309,21 @@ def test_two_processes_follow_the_loss_curve_of_one_with_the_same_global_batch(
         assert b[step] == pytest.approx(a[step], rel=1e-3), f"step {step}: 1 process {a[step]}, 2 processes {b[step]}"
 
 
+def test_each_process_draws_its_own_noise_from_the_same_initial_weights(
+    shapes_dir, image_tokenizer_dir, tmp_path, run_two_cpu_processes
+):
+    # Dropout masks come from the global RNG; every process is seeded alike so that they build the same weights,
+    # then each reseeds with seed + rank (restore_state): the ranks' saved RNG states differ, the weights do not.
+    out = tmp_path / "two"
+    argv = trainer_argv("prior", shapes_dir, image_tokenizer_dir, out, "--dropout", "0.5", "--batch_size", "4")
+    summary = run_two_cpu_processes(TRAINERS["prior"][0], argv, out)
+    assert summary["num_processes"] == 2 and summary["ranks_in_sync"] is True
+    last = checkpointing.checkpoint_dirs(out)[-1]
+    # the test's own files: Accelerate pickles the RNG states (the bytes differ even for equal states)
+    rank0, rank1 = (torch.load(last / f"random_states_{r}.pkl", weights_only=False) for r in (0, 1))
+    assert not torch.equal(rank0["torch_manual_seed"], rank1["torch_manual_seed"])
+
+
 # --- the disk ------------------------------------------------------------------------------------------
 
 

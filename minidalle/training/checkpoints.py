@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from accelerate import Accelerator
+from accelerate.utils import set_seed
 
 from ..errors import UserError
 from ..folders import replace_folder
@@ -79,7 +80,14 @@ def save_checkpoint(accelerator: Accelerator, args: TrainingArguments, step: int
 
 def restore_state(accelerator: Accelerator, args: TrainingArguments) -> TrainState:
     """The step counter, and everything else (weights, optimizer, data position, RNG states) restored from
-    `--resume_from_checkpoint` when one is given (call after `accelerator.prepare`)."""
+    `--resume_from_checkpoint` when one is given (call after `accelerator.prepare`).
+
+    Every process was seeded alike (`make_accelerator`), so that each built the same initial weights. From here on
+    each process draws its own noise (dropout masks, Gumbel noise, caption dropout), as nanoGPT offsets its seed by
+    the rank: process r > 0 reseeds with seed + r, and process 0 keeps the run's stream, so a one-process run is
+    unchanged. The data order has its own generator; a resume loads each process's saved RNG state over this."""
+    if accelerator.process_index > 0:
+        set_seed(args.seed + accelerator.process_index)
     resume = resolve_checkpoint(args.output_dir, args.resume_from_checkpoint)
     if resume is None:
         return TrainState()
