@@ -56,3 +56,30 @@ def test_cpu_minutes_add_up_the_segments_of_a_resumed_run(compare, tmp_path):
     log.append({"step": 200, "cpu_time": 60.0})
     (tmp_path / "log.jsonl").write_text("".join(json.dumps(e) + "\n" for e in log))
     assert compare.cpu_minutes(tmp_path) == 3.0
+
+
+@pytest.fixture(scope="module")
+def eval_emoji():
+    spec = importlib.util.spec_from_file_location("eval_emoji_model", ROOT / "bench" / "eval_emoji_model.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_sampling_tune_keeps_the_models_settings_unless_a_cell_beats_them_significantly(eval_emoji):
+    def cell(guidance, scores):
+        return {"settings": {"guidance_scale": guidance, "temperature": 0.7}, "scores": scores}
+
+    own = {"guidance_scale": 3.0, "temperature": 0.7}
+    base = [0.0, 0.5, 1.0, 0.5] * 25  # 100 prompts
+    # the best cell by mean is 2 prompts of 100 better: noise, the model's own settings stay
+    lucky = [cell(3.0, base), cell(1.5, base[:98] + [1.0, 1.0]), cell(5.0, base)]
+    chosen, why = eval_emoji.choose_settings(lucky, own)
+    assert chosen["guidance_scale"] == 3.0 and why["best"]["guidance_scale"] == 1.5
+    assert 1.95 < why["z"] < 1.97  # two challengers share the one-sided 5%: 2.5% each
+    # better on every prompt where the model's own settings were wrong: chosen
+    better = [cell(3.0, base), cell(5.0, [min(1.0, s + 0.5) for s in base])]
+    chosen, why = eval_emoji.choose_settings(better, own)
+    assert chosen["guidance_scale"] == 5.0 and why["advantage"] > why["z"] * why["advantage_se"]
+    with pytest.raises(ValueError, match="must be a cell"):
+        eval_emoji.choose_settings(lucky, {"guidance_scale": 9.0, "temperature": 0.7})
