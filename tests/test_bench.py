@@ -16,12 +16,17 @@ from minidalle.cli.train import train_tokenizer_main
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def compare():
-    spec = importlib.util.spec_from_file_location("compare_tokenizers", ROOT / "bench" / "compare_tokenizers.py")
+def bench_module(name: str):
+    """A script of bench/ imported as a module (bench/ is not a package)."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "bench" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+@pytest.fixture(scope="module")
+def compare():
+    return bench_module("compare_tokenizers")
 
 
 @pytest.mark.parametrize("dataset", ["emoji", "shapes"])
@@ -60,10 +65,7 @@ def test_cpu_minutes_add_up_the_segments_of_a_resumed_run(compare, tmp_path):
 
 @pytest.fixture(scope="module")
 def eval_emoji():
-    spec = importlib.util.spec_from_file_location("eval_emoji_model", ROOT / "bench" / "eval_emoji_model.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return bench_module("eval_emoji_model")
 
 
 def test_the_sampling_tune_keeps_the_models_settings_unless_a_cell_beats_them_significantly(eval_emoji):
