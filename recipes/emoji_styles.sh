@@ -24,8 +24,10 @@ python train_tokenizer.py --config recipes/tokenizer_emoji_fsq.json --data "$dat
     --threads "$threads" --overwrite_output_dir
 stamp tokenizer-done
 
-# Stage 2: encode once, a BPE text tokenizer on the captions, and the prior (flags in recipes/prior_emoji.json;
-# held-out loss every 200 steps, the best kept, stopped after the first evaluation without improvement)
+# Stage 2: encode once, a BPE text tokenizer on the captions, and the prior (flags in recipes/prior_emoji.json:
+# FSQ codes predicted digit by digit; encoded by the tokenizer's weights rounded to float16, the bundle's, so the
+# prior learns the codes the bundled tokenizer gives; held-out loss every 200 steps, the best kept, stopped after
+# the first evaluation without improvement)
 python train_prior.py --config recipes/prior_emoji.json --data "$data" \
     --image_tokenizer "$out/tokenizer/image_tokenizer" --output_dir "$out/prior" --threads "$threads" --overwrite_output_dir
 stamp prior-done

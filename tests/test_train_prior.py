@@ -120,6 +120,24 @@ def test_factorised_image_codes_train_on_an_fsq_tokenizer_and_are_refused_for_an
         check_compatible(pipe.prior, other, pipe.text_tokenizer, "here")
 
 
+def test_a_prior_trained_on_the_rounded_tokenizer_is_what_its_export_ships(shapes_dir, image_tokenizer_dir, tmp_path):
+    from minidalle.pipeline.io import export_pipeline
+
+    out = tmp_path / "rounded"
+    run(tiny_args(shapes_dir, out, image_tokenizer_dir, "--max_steps", "2", "--image_tokenizer_dtype", "float16"))
+    stored = DiscreteVAE.from_pretrained(image_tokenizer_dir)
+    rounded = DiscreteVAE.from_pretrained(image_tokenizer_dir).half().float()
+    trained_pipe = MiniDallePipeline.from_pretrained(out / "pipeline", device="cpu")
+    assert trained_pipe.prior.config.image_tokenizer_hash == rounded.codes_hash() != stored.codes_hash()
+    exported = MiniDallePipeline.from_pretrained(export_pipeline(out / "pipeline", tmp_path / "fp16"), device="cpu")
+    assert exported.prior.config.image_tokenizer_hash == trained_pipe.prior.config.image_tokenizer_hash
+    trained_weights = trained_pipe.image_tokenizer.state_dict()
+    for name, tensor in exported.image_tokenizer.state_dict().items():
+        assert torch.equal(tensor, trained_weights[name]), name  # the export rounds nothing the prior did not see
+    with pytest.raises(UserError, match="--image_tokenizer_dtype must be float16, bfloat16 or float32, got 'int8'"):
+        run(tiny_args(shapes_dir, tmp_path / "bad", image_tokenizer_dir, "--image_tokenizer_dtype", "int8"))
+
+
 def test_training_feeds_per_position_pads(shapes_dir, image_tokenizer_dir, tmp_path, monkeypatch):
     seen = []
     forward = Prior.forward

@@ -194,6 +194,21 @@ def load_pipeline_parts(
     return image_tokenizer, text_tokenizer, prior
 
 
+WEIGHT_DTYPES = ("float16", "bfloat16", "float32")
+
+
+def round_weights(module, dtype: str, what: str = "--dtype"):
+    """Round `module`'s float weights to `dtype` (one of WEIGHT_DTYPES) and back to float32, in place: what an export
+    to `dtype` stores, so the rounded module computes what the exported one will. Returns the torch dtype."""
+    import torch
+
+    if dtype not in WEIGHT_DTYPES:
+        raise UserError(f"{what} must be {', '.join(WEIGHT_DTYPES[:-1])} or {WEIGHT_DTYPES[-1]}, got {dtype!r}")
+    torch_dtype = getattr(torch, dtype)
+    module.to(torch_dtype).float()
+    return torch_dtype
+
+
 def export_pipeline(
     source: str | Path,
     target: str | Path,
@@ -213,8 +228,6 @@ def export_pipeline(
     re-pointed at the rounded tokenizer's content hash, so the exported folder
     passes the pairing check exactly as loaded.
     """
-    import torch
-
     check_replaceable(target, is_pipeline_folder, "a minidalle pipeline")  # before any work
     if sampling_defaults is not None:
         sampling_defaults = check_sampling_defaults(sampling_defaults, "sampling defaults")
@@ -227,9 +240,8 @@ def export_pipeline(
         where = str(image_tokenizer)
         image_tokenizer = load_image_tokenizer(image_tokenizer)
         check_compatible(prior, image_tokenizer, text_tokenizer, where)
-    torch_dtype = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}[dtype]
-    image_tokenizer.to(torch_dtype).float()
-    prior.to(torch_dtype).float()
+    torch_dtype = round_weights(image_tokenizer, dtype)
+    round_weights(prior, dtype)
     prior.config.image_tokenizer_hash = image_tokenizer.codes_hash()
     saved = save_pipeline(
         target,

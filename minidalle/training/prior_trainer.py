@@ -36,6 +36,7 @@ from ..pipeline.io import (
     load_pipeline_parts,
     read_attribution,
     read_sampling_defaults,
+    round_weights,
     save_pipeline,
 )
 from ..prior import PRESETS, Prior, PriorConfig
@@ -131,6 +132,12 @@ class PriorArguments:
     )
     image_positions: str = arg(
         "rowcol", help="How image positions are embedded: rowcol (row + column, 2-D) or flat (1-D)."
+    )
+    image_tokenizer_dtype: str = arg(
+        "",
+        help="Round the image tokenizer's weights to float16 or bfloat16 before encoding, as `minidalle "
+        "export-pipeline --dtype` will: the prior then learns the codes the exported tokenizer gives, and the "
+        "export reproduces the trained pipeline exactly (default: the weights as stored).",
     )
     factorised_image_codes: bool = arg(
         False,
@@ -243,6 +250,10 @@ def train(
     if not prior_args.init_from and args.preset not in PRESETS:  # before anything is encoded or trained
         raise UserError(f"--preset must be one of {', '.join(PRESETS)}, got {args.preset!r}")
     image_tokenizer, text_tokenizer, init_prior, init_source = _load_start(prior_args)
+    if prior_args.image_tokenizer_dtype:
+        round_weights(image_tokenizer, prior_args.image_tokenizer_dtype, "--image_tokenizer_dtype")
+        if init_prior is not None:  # the same codes up to the rounding: the fine-tune is paired with the rounded one
+            init_prior.config.image_tokenizer_hash = image_tokenizer.codes_hash()
     init_folder = resolve_model(prior_args.init_from) if prior_args.init_from else None
     # what the pipeline carries on: the starting model's sampling settings, and the attribution of the art learned from
     carried = dict(
