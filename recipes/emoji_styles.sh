@@ -34,8 +34,8 @@ stamp prior-done
 
 # Bundle: float16 weights inside the package; the sets' attribution travels with the pipeline (the trainers copy
 # the export's ATTRIBUTION.md). The sampling defaults were chosen on 100 train captions that are not reported
-# (run here on the float16 export before its defaults were stored; the figures in runs/eval-emoji/tune.json):
-#   python bench/eval_emoji_model.py --model "$out/prior/pipeline" --tune --guidance 1.5,3,5 \
+# (run on the float16 export; it kept guidance 3, temperature 0.7: no cell beat them significantly):
+#   python bench/eval_emoji_model.py --model "$bundle" --tune --guidance 1.5,3,5 \
 #       --temperatures 0.3,0.7,1.0 --write-defaults recipes/emoji_sampling.json
 minidalle export-pipeline --source "$out/prior/pipeline" --out "$bundle" --dtype float16 \
     --sampling_defaults recipes/emoji_sampling.json
