@@ -6,7 +6,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..pipeline.io import WEIGHT_DTYPES, export_pipeline
+from ..pipeline.io import check_weight_dtype, export_pipeline
 from .args import UserError, arg, command
 
 
@@ -34,8 +34,7 @@ class ExportArguments:
     output="out",
 )
 def export_pipeline_main(args: ExportArguments, _) -> None:
-    if args.dtype not in WEIGHT_DTYPES:  # before the source is read
-        raise UserError(f"--dtype must be float16, bfloat16 or float32, got {args.dtype!r}")
+    check_weight_dtype(args.dtype)  # before the source is read
     sampling = None
     if args.sampling_defaults:
         try:

@@ -197,13 +197,18 @@ def load_pipeline_parts(
 WEIGHT_DTYPES = ("float16", "bfloat16", "float32")
 
 
+def check_weight_dtype(dtype: str, what: str = "--dtype") -> None:
+    """A clear error, naming the flag `what`, for a dtype that is not one of WEIGHT_DTYPES."""
+    if dtype not in WEIGHT_DTYPES:
+        raise UserError(f"{what} must be {', '.join(WEIGHT_DTYPES[:-1])} or {WEIGHT_DTYPES[-1]}, got {dtype!r}")
+
+
 def round_weights(module, dtype: str, what: str = "--dtype"):
     """Round `module`'s float weights to `dtype` (one of WEIGHT_DTYPES) and back to float32, in place: what an export
     to `dtype` stores, so the rounded module computes what the exported one will. Returns the torch dtype."""
     import torch
 
-    if dtype not in WEIGHT_DTYPES:
-        raise UserError(f"{what} must be {', '.join(WEIGHT_DTYPES[:-1])} or {WEIGHT_DTYPES[-1]}, got {dtype!r}")
+    check_weight_dtype(dtype, what)
     torch_dtype = getattr(torch, dtype)
     module.to(torch_dtype).float()
     return torch_dtype

@@ -32,6 +32,7 @@ from ..options import arg
 from ..pipeline import SAMPLING_DEFAULTS, MiniDallePipeline, resolve_model
 from ..pipeline.io import (
     check_compatible,
+    check_weight_dtype,
     is_pipeline_folder,
     load_pipeline_parts,
     read_attribution,
@@ -249,6 +250,8 @@ def train(
     is_main = accelerator.is_main_process
     if not prior_args.init_from and args.preset not in PRESETS:  # before anything is encoded or trained
         raise UserError(f"--preset must be one of {', '.join(PRESETS)}, got {args.preset!r}")
+    if prior_args.image_tokenizer_dtype:
+        check_weight_dtype(prior_args.image_tokenizer_dtype, "--image_tokenizer_dtype")
     image_tokenizer, text_tokenizer, init_prior, init_source = _load_start(prior_args)
     if prior_args.image_tokenizer_dtype:
         round_weights(image_tokenizer, prior_args.image_tokenizer_dtype, "--image_tokenizer_dtype")
