@@ -47,6 +47,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from ..errors import UserError
+from ..image_tokenizers.quantizers.fsq import code_digits
 from ..serialization import SavedModel, config_from_dict
 
 KIND = "minidalle prior"
@@ -251,8 +252,7 @@ class Prior(SavedModel, nn.Module):
         if c.factorised:  # digit i of code k (FSQ's mixed radix, digit 0 least significant), and where each
             # digit's rows start in digit_emb
             levels = torch.tensor(c.image_code_levels)
-            basis = torch.cumprod(torch.cat([levels.new_ones(1), levels[:-1]]), 0)
-            self.register_buffer("code_digits", (torch.arange(c.num_image_codes)[:, None] // basis) % levels, False)
+            self.register_buffer("code_digits", code_digits(torch.arange(c.num_image_codes), levels), False)
             self.register_buffer("digit_offsets", torch.cumsum(levels, 0) - levels, persistent=False)  # (D,)
 
     @staticmethod

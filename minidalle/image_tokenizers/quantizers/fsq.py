@@ -35,6 +35,16 @@ def check_levels(levels: list[int]) -> list[str]:
     return []
 
 
+def radix_basis(levels: torch.Tensor) -> torch.Tensor:
+    """The place value of each digit of the mixed radix `levels` (digit 0 least significant)."""
+    return torch.cumprod(torch.cat([levels.new_ones(1), levels[:-1]]), 0)
+
+
+def code_digits(codes: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
+    """Codes (...) -> their digits (..., len(levels)), each in [0, L_i): what the prior over FSQ digits predicts."""
+    return (codes[..., None] // radix_basis(levels)) % levels
+
+
 class FSQuantizer(Quantizer):
     term_names = ()
 
@@ -44,7 +54,7 @@ class FSQuantizer(Quantizer):
         self.num_codes = int(levels.prod())
         # buffers, not parameters, and not persistent: they follow from the config
         self.register_buffer("levels", levels, persistent=False)
-        self.register_buffer("basis", torch.cumprod(torch.cat([levels.new_ones(1), levels[:-1]]), 0), persistent=False)
+        self.register_buffer("basis", radix_basis(levels), persistent=False)
         self.norm = nn.GroupNorm(1, len(levels))
 
     @staticmethod
@@ -74,16 +84,14 @@ class FSQuantizer(Quantizer):
         return nn.functional.one_hot(self.codes(h), self.num_codes).permute(0, 3, 1, 2).float()
 
     def embed(self, codes: torch.Tensor) -> torch.Tensor:
-        codes = codes.long()[:, None]  # (B, 1, h, w)
-        digits = (codes // self.basis[None, :, None, None]) % self.levels[None, :, None, None]
+        digits = code_digits(codes.long(), self.levels).permute(0, 3, 1, 2)  # (B, d, h, w)
         return (digits - self.levels[None, :, None, None] // 2).float() / self._half_width()
 
     def forward(self, h: torch.Tensor, temperature: float = 1.0) -> QuantizerOutput:
         bounded = self.bound(h)
         rounded = bounded + (torch.round(bounded) - bounded).detach()  # straight-through
         digits = torch.round(bounded).detach().long() + (self.levels // 2)[None, :, None, None]
-        codes = (digits * self.basis[None, :, None, None]).sum(1)
-        return QuantizerOutput(rounded / self._half_width(), codes, {})
+        return QuantizerOutput(rounded / self._half_width(), (digits * self.basis[None, :, None, None]).sum(1), {})
 
     def code_state(self) -> dict[str, torch.Tensor]:
         return {"norm.weight": self.norm.weight, "norm.bias": self.norm.bias}
