@@ -85,3 +85,33 @@ def test_the_sampling_tune_keeps_the_models_settings_unless_a_cell_beats_them_si
     assert chosen["guidance_scale"] == 5.0 and why["advantage"] > why["z"] * why["advantage_se"]
     with pytest.raises(ValueError, match="must be a cell"):
         eval_emoji.choose_settings(lucky, {"guidance_scale": 9.0, "temperature": 0.7})
+
+
+def test_the_style_probe_reads_what_the_codes_hold_and_not_what_they_do_not():
+    import torch
+
+    probe = bench_module("style_in_codes")
+    levels = [4, 3, 3]
+    front = probe.CodeInput(36, levels)
+    codes = torch.randint(0, 36, (2, 4, 4))
+    onehot = front(codes)  # one channel per level of each digit, exactly one of each digit's set
+    assert onehot.shape == (2, 10, 4, 4) and onehot[:, :4].sum(1).eq(1).all() and onehot[:, 7:].sum(1).eq(1).all()
+    radix = torch.tensor([1, 4, 12])
+    digits = torch.stack([onehot[:, :4].argmax(1), onehot[:, 4:7].argmax(1), onehot[:, 7:].argmax(1)], -1)
+    assert torch.equal((digits * radix).sum(-1), codes)
+
+    torch.manual_seed(0)
+    n = 384
+    # the label is every cell's middle digit (the other two are random): held in the codes, readable by the probe
+    held = {s: torch.randint(0, 3, (n,)) for s in ("train", "test")}
+    codes = {
+        s: torch.randint(0, 4, (n, 4, 4)) + 4 * y[:, None, None] + 12 * torch.randint(0, 3, (n, 4, 4))
+        for s, y in held.items()
+    }
+    # a label drawn independently of the codes: the probe may memorise train, but not predict test
+    noise = {s: torch.randint(0, 3, (n,)) for s in codes}
+    args = type("Args", (), {"epochs": 8})()
+    read = probe.train_probe(codes, held, probe.CodeInput(36, levels), 10, 3, args, seed=0)
+    guess = probe.train_probe(codes, noise, probe.CodeInput(36, levels), 10, 3, args, seed=0)
+    assert read["test"] > 0.9
+    assert guess["test"] < 0.5
