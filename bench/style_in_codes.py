@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from minidalle.data.emoji_styles.judge import read_split
 from minidalle.image_tokenizers import load_image_tokenizer
-from minidalle.image_tokenizers.quantizers.fsq import code_digits
+from minidalle.radix import code_digits
 
 SPLITS = ("train", "test", "zeroshot")
 INPUTS = ("codes", "code_vectors", "thumbnail", "round_trip_thumbnail", "thumbnail_2x")

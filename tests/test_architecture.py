@@ -27,6 +27,7 @@ RANKS = {
     "metrics": 1,
     "images": 1,
     "threads": 1,
+    "radix": 1,
     "serialization": 2,
     "text": 2,
     "image_tokenizers": 3,

@@ -47,7 +47,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from ..errors import UserError
-from ..image_tokenizers.quantizers.fsq import code_digits
+from ..radix import code_digits
 from ..serialization import SavedModel, config_from_dict
 
 KIND = "minidalle prior"

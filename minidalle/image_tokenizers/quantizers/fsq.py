@@ -19,6 +19,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ...radix import code_digits, radix_basis
 from .base import Quantizer, QuantizerOutput
 
 EPS = 1e-3  # keeps tanh's bound inside the outermost rounding interval
@@ -33,16 +34,6 @@ def check_levels(levels: list[int]) -> list[str]:
         # atanh is NaN and every code came out as garbage
         return [f"every FSQ level must be at least 3, got {list(levels)}"]
     return []
-
-
-def radix_basis(levels: torch.Tensor) -> torch.Tensor:
-    """The place value of each digit of the mixed radix `levels` (digit 0 least significant)."""
-    return torch.cumprod(torch.cat([levels.new_ones(1), levels[:-1]]), 0)
-
-
-def code_digits(codes: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
-    """Codes (...) -> their digits (..., len(levels)), each in [0, L_i): what the prior over FSQ digits predicts."""
-    return (codes[..., None] // radix_basis(levels)) % levels
 
 
 class FSQuantizer(Quantizer):
