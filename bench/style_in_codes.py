@@ -7,7 +7,7 @@
 
 A sample can only show a style its image codes carry: the decoder sees nothing else. This trains the
 same small CNN (three 3x3 convolutions, a 2x2 pool, global average, linear) to name the style of an
-image from three inputs of the same g x g grid as the tokenizer's codes, on the export's `train`
+image from each input below, on the same g x g grid as the tokenizer's codes, trained on the export's `train`
 split, and reports its style accuracy on `test` and `zeroshot`:
 - `codes`: the tokenizer's codes (an FSQ code as the one-hot of each of its digits; any other as a
   learned embedding of the code);
@@ -17,9 +17,10 @@ split, and reports its style accuracy on `test` and `zeroshot`:
   codes' log2 K);
 - `round_trip_thumbnail`: the same of the decoded codes (does the decoder put back the cells' colours?);
 - `thumbnail_2x`: the original's mean colours at 2g x 2g, four times the cells.
-Compare with the judges' accuracy on the real images (`judges.json`) and on round trips (the README's
-judges table). A probe's figure is a lower bound of what the input holds (a better probe may read
-more), so read the rows against each other: same network, same data, same epochs, mean over seeds.
+Beside the probes, one `round_trip` line: the tokenizer's held-out PSNR (mean of each image's) and the
+shipped judges' style and subgroup accuracy on the real images and on their round trips, per split.
+A probe's figure is a lower bound of what the input holds (a better probe may read more), so read the
+rows against each other: same network, same data, same epochs, mean over seeds.
 """
 
 from __future__ import annotations
@@ -36,8 +37,9 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from minidalle.data.emoji_styles.judge import read_split
+from minidalle.data.emoji_styles.judge import accuracy, load_judges, read_split, round_trips
 from minidalle.image_tokenizers import load_image_tokenizer
+from minidalle.metrics import psnr
 from minidalle.radix import code_digits
 
 SPLITS = ("train", "test", "zeroshot")
@@ -132,7 +134,8 @@ def main(argv: list[str] | None = None) -> dict:
     if unknown:
         ap.error(f"unknown --inputs {unknown}; choose from {', '.join(INPUTS)}")
     with torch.no_grad():
-        codes = {s: torch.cat([tokenizer.encode(b.float() / 255) for b in images[s].split(256)]) for s in SPLITS}
+        encoded = SPLITS if inputs else ()  # the probes need every split's codes, the round-trip line none
+        codes = {s: torch.cat([tokenizer.encode(b.float() / 255) for b in images[s].split(256)]) for s in encoded}
 
         def source(name: str) -> dict[str, torch.Tensor]:
             if name == "codes":
@@ -146,6 +149,18 @@ def main(argv: list[str] | None = None) -> dict:
                 }
             size = g * (2 if name == "thumbnail_2x" else 1)
             return {s: F.adaptive_avg_pool2d(images[s].float() / 255, size) for s in SPLITS}
+
+    judges = load_judges()
+    held_out = {}
+    for split in SPLITS[1:]:
+        trips = round_trips(images[split], tokenizer, progress=False)
+        se = (trips.float() / 255 - images[split].float() / 255).pow(2).flatten(1).mean(1)
+        held_out[split] = {
+            "psnr_per_image": psnr(se).mean().item(),
+            "judges_real": accuracy(judges, images[split], rows[split]),
+            "judges_round_trip": accuracy(judges, trips, rows[split]),
+        }
+    print(json.dumps({"round_trip": held_out}), flush=True)
 
     seeds = [int(v) for v in args.seeds.split(",")]
     rows_out = {}
@@ -172,6 +187,7 @@ def main(argv: list[str] | None = None) -> dict:
         "seeds": seeds,
         "threads": args.threads,
         "seconds": round(time.time() - start, 1),
+        "round_trip": held_out,
         "probes": rows_out,
     }
     if args.out:
