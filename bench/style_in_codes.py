@@ -165,7 +165,8 @@ def main(argv: list[str] | None = None) -> dict:
     seeds = [int(v) for v in args.seeds.split(",")]
     rows_out = {}
     for name in inputs:
-        data = source(name)
+        with torch.no_grad():  # fixed inputs: no gradient into the tokenizer's codebook
+            data = source(name)
         runs = []
         for seed in seeds:
             front = CodeInput(tokenizer.num_codes, levels) if name == "codes" else None
