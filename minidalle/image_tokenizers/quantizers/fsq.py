@@ -65,10 +65,17 @@ class FSQuantizer(Quantizer):
 
     def digits(self, h: torch.Tensor) -> torch.Tensor:
         """(B, d, h, w) encoder output -> (B, d, h, w) integer digits in [0, L_i)."""
-        return torch.round(self.bound(h)).long() + (self.levels // 2)[None, :, None, None]
+        return self._digits_of(self.bound(h))
+
+    def _digits_of(self, bounded: torch.Tensor) -> torch.Tensor:
+        return torch.round(bounded).detach().long() + (self.levels // 2)[None, :, None, None]
+
+    def _code_of(self, digits: torch.Tensor) -> torch.Tensor:
+        """(B, d, h, w) digits -> (B, h, w) codes: the mixed-radix number (`radix.code_digits` inverts it)."""
+        return (digits * self.basis[None, :, None, None]).sum(1)
 
     def codes(self, h: torch.Tensor) -> torch.Tensor:
-        return (self.digits(h) * self.basis[None, :, None, None]).sum(1)
+        return self._code_of(self.digits(h))
 
     def scores(self, h: torch.Tensor) -> torch.Tensor:
         """One-hot scores over all K codes (the argmax is `codes`); `codes` is the cheap path."""
@@ -81,8 +88,7 @@ class FSQuantizer(Quantizer):
     def forward(self, h: torch.Tensor, temperature: float = 1.0) -> QuantizerOutput:
         bounded = self.bound(h)
         rounded = bounded + (torch.round(bounded) - bounded).detach()  # straight-through
-        digits = torch.round(bounded).detach().long() + (self.levels // 2)[None, :, None, None]
-        return QuantizerOutput(rounded / self._half_width(), (digits * self.basis[None, :, None, None]).sum(1), {})
+        return QuantizerOutput(rounded / self._half_width(), self._code_of(self._digits_of(bounded)), {})
 
     def code_state(self) -> dict[str, torch.Tensor]:
         return {"norm.weight": self.norm.weight, "norm.bias": self.norm.bias}
