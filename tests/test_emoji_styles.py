@@ -374,15 +374,26 @@ def test_load_dataset_reads_three_splits(exported, tmp_path):
     assert one.num_rows == summary["totals"]["zeroshot"]
 
 
-def test_reexport_is_idempotent_and_replaces_its_own_files(fake, tmp_path):
+def test_reexport_is_idempotent_and_replaces_its_own_files(fake, tmp_path, capfd):
     out = tmp_path / "o"
-    export_again(fake, out)
+    first = export_again(fake, out)
     before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file() and p.suffix != ".json"}
+    stamps = {p: p.stat().st_mtime_ns for p in out.rglob("*.png")}
     (out / "notes.txt").write_text("mine")
-    export_again(fake, out, styles=["beta", "gamma", "alpha"])  # same set in another order: same files
-    after = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file() and p.suffix != ".json"}
-    assert after.pop(Path("notes.txt")) == b"mine"
-    assert after == before
+    capfd.readouterr()
+    # the same settings (the same set in another order) onto a complete export: kept, not one file rewritten
+    assert export_again(fake, out, styles=["beta", "gamma", "alpha"]) == first
+    assert "already exported with these settings" in capfd.readouterr().err
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*.png")} == stamps
+    # an image gone, or --force: rendered again, to the same bytes
+    missing = next(iter(stamps))
+    missing.unlink()
+    for kw in ({}, {"force": True}):
+        export_again(fake, out, **kw)
+        assert "already exported" not in capfd.readouterr().err
+        after = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file() and p.suffix != ".json"}
+        assert after.pop(Path("notes.txt")) == b"mine"
+        assert after == before
     summary = export_again(fake, out, styles=["gamma"])  # a smaller export leaves no stale images
     files = sorted(p.relative_to(out).as_posix() for p in out.rglob("*.png"))
     assert len(files) == sum(summary["totals"].values()) == 18

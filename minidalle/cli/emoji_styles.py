@@ -1,7 +1,7 @@
 """Commands of the emoji-styles dataset: export it, judge generated images against it, train its judges.
 
 - `minidalle export-dataset emoji-styles --out DIR [--resolution 64] [--styles a,b] [--include-share-alike]
-  [--source DIR] [--seed 0] [--workers N]` -> `export_emoji_styles_main` (argv: what follows `emoji-styles`)
+  [--source DIR] [--seed 0] [--workers N] [--force]` -> `export_emoji_styles_main` (argv: what follows `emoji-styles`)
 - `minidalle eval-emoji MANIFEST.jsonl [--json]` -> `eval_emoji_main`
 - `minidalle train-emoji-judges --data DIR [--out DIR]` -> `train_emoji_judges_main`
 """
@@ -40,6 +40,9 @@ class ExportEmojiStylesArgs:
     cache: str | None = arg(None, help="Where `npm pack` puts the tarballs (default ~/.cache/minidalle/npm).")
     seed: int = arg(0, help="Seed of the zeroshot and test splits.")
     workers: int | None = arg(None, help="Rendering processes (default: one per CPU core).", minimum=1)
+    force: bool = arg(
+        False, help="Render again even onto a complete export with these settings (kept as it is by default)."
+    )
     no_progress: bool = arg(False, help="No progress bar.")
 
 
@@ -66,6 +69,7 @@ def export_emoji_styles_main(args: ExportEmojiStylesArgs, _) -> None:
         workers=args.workers,
         progress=not args.no_progress,
         skin_tones=args.include_skin_tones,
+        force=args.force,
     )
 
 

@@ -79,10 +79,14 @@ dataset card whose `configs` name them: `load_dataset("imagefolder",
 data_dir=OUT)` knows only train/validation/test and would leave zeroshot out;
 `load_dataset("imagefolder", data_dir=OUT/zeroshot)` reads one split alone);
 `OUT/ATTRIBUTION.md`; and `OUT/emoji-styles.json`, the export's settings and
-counts, which marks the folder as an emoji-styles export: re-running onto it
-replaces its own earlier files (numbered PNGs, metadata, README.md,
-attribution), and an
-`--out` that is not empty and has no such file is refused.
+counts, which marks the folder as an emoji-styles export. Re-running onto a
+complete export with the same settings (styles, resolution, seed, skin tones,
+the pinned packages) keeps it as it is, every file listed in its metadata
+being there (so the image timestamps, and with them the codes caches keyed on
+the data, stay valid); `force=True` (`--force`) renders it again. Re-running
+with other settings replaces its own earlier files (numbered PNGs, metadata,
+README.md, attribution); an `--out` that is not empty and has no such file is
+refused.
 """
 
 from __future__ import annotations
@@ -632,6 +636,33 @@ def _render_task(task: tuple[str, str, int]) -> tuple[str, str | None]:
     return path, None
 
 
+def _finished_export(out: Path, settings: dict) -> dict | None:
+    """The summary of a complete export in `out` made with `settings`, when every file its metadata lists is
+    there and each split has the rows its summary counts; otherwise None."""
+    try:
+        summary = json.loads((out / MARKER_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    expected = json.loads(json.dumps(settings))  # as it reads back from JSON
+    if not isinstance(summary, dict) or summary.get("complete") is not True:
+        return None
+    if any(summary.get(k) != v for k, v in expected.items()) or not isinstance(summary.get("totals"), dict):
+        return None
+    for split in SPLITS:
+        total = summary["totals"].get(split, 0)
+        metadata = out / split / METADATA_FILE
+        if not total:
+            continue
+        try:
+            with open(metadata, encoding="utf-8") as f:
+                names = [json.loads(line)["file_name"] for line in f if line.strip()]
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        if len(names) != total or not all((out / split / name).is_file() for name in names):
+            return None
+    return summary
+
+
 def _check_out_dir(out: Path) -> None:
     """Refuse a non-empty `out` that is not an earlier emoji-styles export; remove an earlier export's files."""
     if out.exists() and not out.is_dir():
@@ -743,8 +774,10 @@ def export_emoji_styles(
     packages: Sequence[Package] | None = None,
     emojibase: Package | None = None,
     skin_tones: bool = False,
+    force: bool = False,
 ) -> dict:
-    """Export the emoji-styles dataset to `out_dir` (see the module docstring); returns the summary it writes.
+    """Export the emoji-styles dataset to `out_dir` (see the module docstring); returns the summary it writes
+    (or, when `out_dir` already holds this export complete and `force` is false, the summary it wrote then).
 
     `packages`/`emojibase` replace the pinned tables (tests use small fake tarballs).
     """
@@ -773,6 +806,25 @@ def export_emoji_styles(
     if workers < 1:
         raise UserError(f"--workers must be 1 or more, got {workers}")
     out = Path(out_dir)
+    settings = {
+        "format": MARKER_FORMAT,
+        "resolution": resolution,
+        "styles": chosen,
+        "include_share_alike": include_share_alike,
+        "seed": seed,
+        "background": BACKGROUND,
+        "skin_tones": skin_tones,
+        "packages": {p.style: p.spec for p in packages if p.style in chosen},
+        "emojibase": emojibase.spec,
+    }
+    previous = _finished_export(out, settings)
+    if previous is not None and not force:
+        totals = previous["totals"]
+        log(
+            f"{out}: already exported with these settings ({totals['train']} train, {totals['test']} test, "
+            f"{totals['zeroshot']} zeroshot images, every file there): kept as it is (--force renders it again)"
+        )
+        return previous
     _check_out_dir(out)
 
     # fetch and read
@@ -813,18 +865,7 @@ def export_emoji_styles(
     written = [s for s in SPLITS if by_split[s]]  # zeroshot is empty with fewer than 3 styles
     for split in written:
         prepare_out_dir(out / split, "--out")
-    marker = {
-        "format": MARKER_FORMAT,
-        "complete": False,
-        "resolution": resolution,
-        "styles": chosen,
-        "include_share_alike": include_share_alike,
-        "seed": seed,
-        "background": BACKGROUND,
-        "skin_tones": skin_tones,
-        "packages": {p.style: p.spec for p in packages if p.style in chosen},
-        "emojibase": emojibase.spec,
-    }
+    marker = {"format": MARKER_FORMAT, "complete": False, **settings}
     (out / MARKER_FILE).write_text(json.dumps(marker, indent=2) + "\n", encoding="utf-8")
     tasks = []
     for split in SPLITS:
