@@ -87,6 +87,33 @@ def test_the_sampling_tune_keeps_the_models_settings_unless_a_cell_beats_them_si
         eval_emoji.choose_settings(lucky, {"guidance_scale": 9.0, "temperature": 0.7})
 
 
+def test_caption_ranking_names_the_style_and_the_concept_and_skips_the_concepts_when_asked(eval_emoji, tmp_path):
+    from PIL import Image
+
+    from minidalle.data.emoji_styles.export import parse_caption
+
+    rows = [{"concept": c, "style": s} for c in ("dog-face", "red-apple", "rocket") for s in ("noto", "twemoji")]
+    (tmp_path / "zeroshot" / "images").mkdir(parents=True)
+    with open(tmp_path / "zeroshot" / "metadata.jsonl", "w") as f:
+        for i, (concept, style) in enumerate((("dog-face", "noto"), ("rocket", "twemoji"))):
+            Image.new("RGB", (8, 8), (i, 0, 0)).save(tmp_path / "zeroshot" / "images" / f"{i}.png")
+            f.write(json.dumps({"file_name": f"images/{i}.png", "concept": concept, "style": style}) + "\n")
+
+    class Pipe:  # ranks the noto caption first, then the captions in the order given
+        calls = 0
+
+        def rank_captions(self, image, captions):
+            Pipe.calls += 1
+            return sorted(((c, 0.0) for c in captions), key=lambda c: parse_caption(c[0])[1] != "noto")
+
+    full = eval_emoji.rank_figures(Pipe(), tmp_path, rows, seed=0, num_concepts=3)
+    assert full["images"] == 2 and full["style_among_styles"] == 0.5 and full["styles"] == 2
+    assert full["concept_top1"] == 1.0 and full["concept_top5"] == 1.0 and Pipe.calls == 4  # the right one first
+    Pipe.calls = 0
+    styles_only = eval_emoji.rank_figures(Pipe(), tmp_path, rows, seed=0, num_concepts=0)
+    assert styles_only == {"images": 2, "style_among_styles": 0.5, "styles": 2} and Pipe.calls == 2
+
+
 def test_the_style_probe_reads_what_the_codes_hold_and_not_what_they_do_not():
     import torch
 
