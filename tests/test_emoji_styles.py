@@ -385,10 +385,12 @@ def test_reexport_is_idempotent_and_replaces_its_own_files(fake, tmp_path, capfd
     assert export_again(fake, out, styles=["beta", "gamma", "alpha"]) == first
     assert "already exported with these settings" in capfd.readouterr().err
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*.png")} == stamps
-    # an image gone, or --force: rendered again, to the same bytes
+    # an image gone, the attribution gone, or --force: rendered again, to the same bytes
     missing = next(iter(stamps))
     missing.unlink()
-    for kw in ({}, {"force": True}):
+    for kw in ({}, {"attribution": True}, {"force": True}):
+        if kw.pop("attribution", False):
+            (out / E.ATTRIBUTION_FILE).unlink()
         export_again(fake, out, **kw)
         assert "already exported" not in capfd.readouterr().err
         after = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file() and p.suffix != ".json"}

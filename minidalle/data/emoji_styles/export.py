@@ -637,8 +637,8 @@ def _render_task(task: tuple[str, str, int]) -> tuple[str, str | None]:
 
 
 def _finished_export(out: Path, settings: dict) -> dict | None:
-    """The summary of a complete export in `out` made with `settings`, when every file its metadata lists is
-    there and each split has the rows its summary counts; otherwise None."""
+    """The summary of a complete export in `out` made with `settings`, when its attribution, its dataset card and
+    every file its metadata lists are there and each split has the rows its summary counts; otherwise None."""
     try:
         summary = json.loads((out / MARKER_FILE).read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -647,6 +647,8 @@ def _finished_export(out: Path, settings: dict) -> dict | None:
     if not isinstance(summary, dict) or summary.get("complete") is not True:
         return None
     if any(summary.get(k) != v for k, v in expected.items()) or not isinstance(summary.get("totals"), dict):
+        return None
+    if not (out / ATTRIBUTION_FILE).is_file() or not (out / CARD_FILE).is_file():
         return None
     for split in SPLITS:
         total = summary["totals"].get(split, 0)
