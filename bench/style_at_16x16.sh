@@ -114,36 +114,39 @@ for grid in (8, 16):
 
 # the picture: two zero-shot pairs of each style (prompts in the sets' order): the real image, the 8x8 model's
 # sample, the 16x16 model's
+from collections import Counter  # noqa: E402
+
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from minidalle.data.emoji_styles.export import caption, parse_caption  # noqa: E402
+from minidalle.data.imagefolder import manifest_entries  # noqa: E402
 from minidalle.images import save_image_grid  # noqa: E402
 
 data = Path(sys.argv[2])
 real = {}
 for line in (data / "zeroshot/metadata.jsonl").read_text().splitlines():
     row = json.loads(line)
-    real.setdefault(row["text"], data / "zeroshot" / row["file_name"])
-manifests = {grid: [json.loads(line) for line in (out / f"eval{grid}/samples-zeroshot/manifest.jsonl").read_text().splitlines()]
-             for grid in (8, 16)}
-chosen, per_style = [], {}
-for i, entry in enumerate(manifests[8]):
-    style = entry["prompt"].rsplit(" in the ", 1)[1]
-    if per_style.get(style, 0) < 2:
-        per_style[style] = per_style.get(style, 0) + 1
+    real.setdefault((row["concept"], row["style"]), data / "zeroshot" / row["file_name"])
+samples = {grid: list(manifest_entries(out / f"eval{grid}/samples-zeroshot/manifest.jsonl", parse_caption))
+           for grid in (8, 16)}
+pairs = [pair for _, pair, _ in samples[8]]
+assert pairs == [pair for _, pair, _ in samples[16]]
+seen, chosen = Counter(), []
+for i, (_, style) in enumerate(pairs):
+    seen[style] += 1
+    if seen[style] <= 2:
         chosen.append(i)
-chosen.sort(key=lambda i: manifests[8][i]["prompt"].rsplit(" in the ", 1)[1])
+chosen.sort(key=lambda i: pairs[i][1])
 
 
 def tensor(path):
     return torch.from_numpy(np.array(Image.open(path).convert("RGB"))).permute(2, 0, 1).float() / 255
 
 
-rows = [torch.stack([tensor(real[manifests[8][i]["prompt"]]) for i in chosen])]
-for grid in (8, 16):
-    assert all(manifests[grid][i]["prompt"] == manifests[8][i]["prompt"] for i in chosen)
-    rows.append(torch.stack([tensor(out / f"eval{grid}/samples-zeroshot" / manifests[grid][i]["file"]) for i in chosen]))
+rows = [torch.stack([tensor(real[pairs[i]]) for i in chosen])]
+rows += [torch.stack([tensor(samples[grid][i][2]) for i in chosen]) for grid in (8, 16)]
 picture = save_image_grid(rows, out / "zeroshot-8x8-16x16.png", labels=["real", "8x8", "16x16"])
-print(f"{picture}: zero-shot pairs, " + "; ".join(manifests[8][i]["prompt"] for i in chosen))
+print(f"{picture}: zero-shot pairs, " + "; ".join(caption(*pairs[i]) for i in chosen))
 EOF

@@ -652,11 +652,10 @@ def _finished_export(out: Path, settings: dict) -> dict | None:
         return None
     for split in SPLITS:
         total = summary["totals"].get(split, 0)
-        metadata = out / split / METADATA_FILE
         if not total:
             continue
         try:
-            with open(metadata, encoding="utf-8") as f:
+            with open(out / split / METADATA_FILE, encoding="utf-8") as f:
                 names = [json.loads(line)["file_name"] for line in f if line.strip()]
         except (OSError, ValueError, KeyError, TypeError):
             return None
