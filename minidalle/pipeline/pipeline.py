@@ -182,7 +182,8 @@ class MiniDallePipeline:
         (`self.sampling_defaults`: its folder's model_index.json, else SAMPLING_DEFAULTS).
 
         Seeds: image (or candidate) i is drawn from its own generator seeded `seed + i`, so
-        `PipelineOutput.seeds[i]` reproduces it alone, whatever the batch size. `seed=None` (the
+        `PipelineOutput.seeds[i]` reproduces it alone, whatever the batch size, pixel for pixel
+        (images are decoded one at a time, so no other image in the batch changes a rounding). `seed=None` (the
         default) draws a fresh base seed (from `generator` when one is given), so repeated calls
         give new images; sample.py's `--seed 0` is fixed.
 
@@ -259,7 +260,9 @@ class MiniDallePipeline:
                 )[:n]
             )
         codes = torch.cat(codes)
-        images = self.to_pil(torch.cat([self.image_tokenizer.decode(c) for c in codes.split(64)]))
+        # one image at a time: a batched convolution may round an image's last bits differently with other
+        # images beside it, and then an image's own seed would not redraw it pixel for pixel
+        images = self.to_pil(torch.cat([self.image_tokenizer.decode(c) for c in codes.split(1)]))
         if num_candidates == 1:
             return PipelineOutput(images, codes.cpu(), flat, seeds)
         pmi = torch.tensor([s["pmi"] for s in self._score(images, flat, batch_size, pmi=True, progress=progress)]).view(
