@@ -3,6 +3,7 @@
 
     python bench/judge_variants.py train VARIANT [--seed N] [--out runs/judge-variants] [--threads 1]
     python bench/judge_variants.py shared [--out runs/judge-variants]    # needs the variants trained
+    python bench/judge_variants.py knn                                   # the shipped judges only
 
 `train` runs `train_judges` (12 epochs, degradations, a quarter of the images replaced by their round trip
 through the emoji model's image tokenizer: `minidalle train-emoji-judges --round_trip_model emoji`) with
@@ -22,6 +23,10 @@ prints each one's style accuracy, that of their average (softmax averaged) and t
 over the flip and four 2-px shifts, and lists the images all of
 them get wrong, with, for each, the nearest training images of the same concept
 (RMS pixel distance, 0-255): a floor under the errors of this family of judges.
+
+`knn` is another family: the style of the k nearest training images (cosine, k = 1, 5, 10) in the shipped
+judges' own features (the style head's input and its hidden layer; the palette histogram alone; raw pixels
+for scale), against the shipped judges' argmax, on the real test and zeroshot images.
 """
 
 from __future__ import annotations
@@ -208,16 +213,59 @@ def shared(args) -> None:
             print(f"  {r['concept']:<22} {r['style']:<12} judged {'/'.join(said)}; same concept in train: {nearest}")
 
 
+def _style_features(judges: J.Judges, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The style head's input and hidden layer for (N, 3, 64, 64) uint8 images (read with hooks), the palette
+    histogram, and the pixels."""
+    head = judges.model.style_head
+    seen: dict[str, list[torch.Tensor]] = {"style head input": [], "style head hidden": []}
+    hooks = [
+        head.register_forward_pre_hook(lambda _m, args: seen["style head input"].append(args[0])),
+        head[1].register_forward_hook(lambda _m, _a, out: seen["style head hidden"].append(out.clone())),
+    ]
+    try:
+        judges.logits(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    return {
+        **{k: torch.cat(v) for k, v in seen.items()},
+        "palette histogram": J.palette_features(x)[0],
+        "pixels": x.float().flatten(1),
+    }
+
+
+def knn(args) -> None:
+    torch.set_num_threads(args.threads)
+    judges = J.load_judges()
+    styles = judges.styles
+    train_x, train_rows = J.read_split(args.data, "train")
+    train_y = torch.tensor([styles.index(r["style"]) for r in train_rows])
+    memory = _style_features(judges, train_x)
+    for split in ("test", "zeroshot"):
+        x, rows = J.read_split(args.data, split)
+        y = torch.tensor([styles.index(r["style"]) for r in rows])
+        shipped = judges.logits(x)[0].argmax(1)
+        misses = shipped != y
+        print(f"{split}: shipped judges {int((~misses).sum())} of {len(rows)} right")
+        for name, query in _style_features(judges, x).items():
+            near = (F.normalize(query, dim=1) @ F.normalize(memory[name], dim=1).T).topk(10).indices
+            cells = []
+            for k in (1, 5, 10):
+                said = F.one_hot(train_y[near[:, :k]], len(styles)).sum(1).argmax(1)
+                cells.append(f"k={k}: {int((said == y).sum())} ({int((said == y)[misses].sum())} of its misses)")
+            print(f"  {name:<18} " + "; ".join(cells))
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", choices=("train", "shared"))
+    parser.add_argument("command", choices=("train", "shared", "knn"))
     parser.add_argument("variant", nargs="?", choices=VARIANTS, default="base")
     parser.add_argument("--data", default="data/emoji-styles")
     parser.add_argument("--out", default="runs/judge-variants")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
-    train(args) if args.command == "train" else shared(args)
+    {"train": train, "shared": shared, "knn": knn}[args.command](args)
 
 
 if __name__ == "__main__":
