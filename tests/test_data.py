@@ -382,6 +382,14 @@ def test_dark_16_bit_image_stays_dark():
     assert rgb(image).max() <= 1
 
 
+def test_float_image_in_0_1_is_read_on_that_scale_and_0_255_as_it_is():
+    unit = Image.fromarray(np.array([[0.0, 0.25, 0.5, 1.0, np.nan]], dtype=np.float32))
+    assert unit.mode == "F"
+    assert rgb(unit)[0, :, 0].tolist() == [0, 64, 128, 255, 0]  # PIL alone would give 0, 0, 0, 1, 0
+    wide = Image.fromarray(np.array([[0.0, 100.0, 255.0, 300.0]], dtype=np.float32))
+    assert rgb(wide)[0, :, 0].tolist() == [0, 100, 255, 255]
+
+
 # --- ImageTransform -------------------------------------------------------------------
 
 

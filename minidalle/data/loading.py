@@ -286,6 +286,12 @@ def to_rgb(image: Image.Image) -> Image.Image:
         # I;16 is 16-bit by definition (a dark image is still dark); plain I may hold 8-bit values
         scale = 65535.0 if image.mode != "I" or array.max() > 255 else 255.0
         return Image.fromarray((array / scale * 255).round().clip(0, 255).astype(np.uint8)).convert("RGB")
+    if image.mode == "F":
+        # 32-bit float (a TIFF, say): values within [0, 1] are that scale, as float images usually are; any
+        # larger value means 0-255 (PIL's own reading, which would turn a [0, 1] image black); NaN -> 0
+        array = np.nan_to_num(np.asarray(image, dtype=np.float64), nan=0.0, posinf=255.0, neginf=0.0)
+        scale = 255.0 if array.max(initial=0.0) <= 1.0 else 1.0
+        return Image.fromarray((array * scale).round().clip(0, 255).astype(np.uint8)).convert("RGB")
     if image.mode == "P" and "transparency" in image.info or image.mode in ("RGBA", "LA", "PA"):
         rgba = image.convert("RGBA")
         white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
