@@ -16,6 +16,12 @@ Figures (one JSON line each, and OUT/report.json):
   unigram model of the codes (their frequencies in the train split, add-one smoothed) and the uniform one.
 - `judges`: the judges on the real test and zeroshot images, on mild degradations (noise of 4/255, JPEG 75,
   a 1-pixel blur) and on their round trip through the model's image tokenizer: what a judged figure can mean.
+- `rerank` (`--only rerank`, not in the default set): what sample.py's re-ranking buys. On the `--num-tune` other
+  train captions (never the reported ones), every one of the model's `num_candidates` candidates per prompt is
+  judged; printed: the share right of the candidate the pipeline keeps (the highest pmi), of one candidate
+  (the mean over candidates: what `--num_candidates 1` gives), of the candidate whose own caption the model
+  finds likeliest among that concept's captions in every style (its style posterior), and of any candidate (a
+  perfect re-ranker's ceiling), with the standard error of the kept-minus-one difference, pair by pair.
 - `--tune`: a guidance x temperature grid on 100 other train captions (never the reported ones), each prompt
   scored by the mean of its style and subgroup being right, with the same seed per prompt in every cell (so
   cells are compared pair by pair). The best cell replaces the model's own settings only when its paired
@@ -231,6 +237,49 @@ def likelihood_figures(pipe, data: Path, train_rows: list[dict], batch_size: int
     }
 
 
+def rerank_figures(pipe, prompts: list[str], judges, seed: int, batch_size: int, sampling: dict) -> dict:
+    """`rerank`: every candidate judged, and the share right under each way of keeping one (see the docstring)."""
+    n = int(sampling["num_candidates"])
+    settings = {k: sampling[k] for k in ("guidance_scale", "temperature", "top_k", "top_p")}
+    start = time.perf_counter()
+    out = pipe(prompts, num_images_per_prompt=n, num_candidates=1, seed=seed, batch_size=batch_size, **settings)
+    right = judge_prompts(out.images, out.prompts, judges)
+    style = torch.tensor([bool(r[0]) for r in right], dtype=torch.float).view(-1, n)
+    subgroup = torch.tensor([bool(r[1]) for r in right], dtype=torch.float).view(-1, n)
+    pmi = torch.tensor([r["pmi"] for r in pipe.score(out.images, out.prompts, batch_size=batch_size)]).view(-1, n)
+    styles = judges.styles
+    parsed = [parse_caption(p) for p in out.prompts]
+    log_p = torch.tensor(  # (candidates, styles): log p(codes | the concept's caption in each style)
+        [
+            [r["log_prob"] for r in pipe.score(out.images, [caption(c, s) for c, _ in parsed], batch_size, pmi=False)]
+            for s in styles
+        ]
+    ).T
+    own = torch.tensor([styles.index(s) for _, s in parsed])
+    posterior = (log_p.gather(1, own[:, None]).squeeze(1) - log_p.logsumexp(1)).view(-1, n)
+
+    def kept(score: torch.Tensor) -> dict:
+        best = score.argmax(1, keepdim=True)
+        return {"style": style.gather(1, best).mean().item(), "subgroup": subgroup.gather(1, best).mean().item()}
+
+    pmi_best = pmi.argmax(1, keepdim=True)
+    differences = {  # kept minus one candidate, per prompt: its mean and standard error
+        name: mean_and_se((judged.gather(1, pmi_best).squeeze(1) - judged.mean(1)).tolist())
+        for name, judged in (("style", style), ("subgroup", subgroup))
+    }
+    return {
+        "prompts": len(prompts),
+        "candidates": n,
+        "sampling": settings,
+        "highest_pmi": kept(pmi),
+        "one_candidate": {"style": style.mean().item(), "subgroup": subgroup.mean().item()},
+        "highest_style_posterior": kept(posterior),
+        "any_candidate": {"style": style.amax(1).mean().item(), "subgroup": subgroup.amax(1).mean().item()},
+        "highest_pmi_minus_one": {k: {"mean": m, "se": se} for k, (m, se) in differences.items()},
+        "seconds": round(time.perf_counter() - start, 1),
+    }
+
+
 def one_per_style(captions: list[str], n: int) -> list[str]:
     """The first `n` captions of distinct styles (then of any style, once every style has one)."""
     picked, seen = [], set()
@@ -267,7 +316,7 @@ def main() -> None:
     parser.add_argument(
         "--only",
         nargs="*",
-        choices=["samples", "rank", "likelihood", "sheet", "test_samples", "judges"],
+        choices=["samples", "rank", "likelihood", "sheet", "test_samples", "judges", "rerank"],
         help="some figures",
     )
     parser.add_argument(
@@ -365,6 +414,10 @@ def main() -> None:
         )
         figures["test_samples"] = {"figure": "test_samples", **row}
         print(json.dumps(figures["test_samples"]), flush=True)
+    if "rerank" in only:  # not in the default set: it draws num_candidates images for each of --num-tune prompts
+        row = rerank_figures(pipe, tuning, judges, args.seed, args.batch_size, sampling)
+        figures["rerank"] = {"figure": "rerank", **row}
+        print(json.dumps(figures["rerank"]), flush=True)
     if "rank" in only:
         start = time.perf_counter()
         figures["rank"] = {"figure": "rank", **rank_figures(pipe, data, train_rows, args.seed, args.rank_concepts)}

@@ -114,6 +114,58 @@ def test_caption_ranking_names_the_style_and_the_concept_and_skips_the_concepts_
     assert styles_only == {"images": 2, "style_among_styles": 0.5, "styles": 2} and Pipe.calls == 2
 
 
+def test_the_rerank_figure_judges_every_candidate_under_each_way_of_keeping_one(eval_emoji):
+    from PIL import Image
+
+    from minidalle.data.emoji_styles.export import caption, parse_caption
+
+    prompts = [caption("dog-face", "noto"), caption("rocket", "twemoji")]
+    n = 4  # candidate j of prompt i is a solid image: red 40 j, green 40 i
+
+    def where(image_or_tensor) -> tuple[int, int]:
+        pixel = (
+            image_or_tensor.getpixel((0, 0)) if isinstance(image_or_tensor, Image.Image) else image_or_tensor[:, 0, 0]
+        )
+        return int(pixel[1]) // 40, int(pixel[0]) // 40
+
+    class Pipe:
+        def __call__(self, prompts, num_images_per_prompt, num_candidates, seed, batch_size, **settings):
+            assert num_candidates == 1 and num_images_per_prompt == n and settings["guidance_scale"] == 3.0
+            flat = [(i, p) for i, p in enumerate(prompts) for _ in range(n)]
+            images = [Image.new("RGB", (8, 8), (40 * (k % n), 40 * i, 0)) for k, (i, _) in enumerate(flat)]
+            return type("Out", (), {"images": images, "prompts": [p for _, p in flat]})()
+
+        def score(self, images, captions, batch_size=64, pmi=True):
+            rows = []
+            for image, text in zip(images, captions):
+                i, j = where(image)
+                own = parse_caption(text)[1] == parse_caption(prompts[i])[1]
+                # pmi highest for candidate 1 of prompt 0 and 3 of prompt 1; own caption likeliest for candidate 2
+                rows.append({"pmi": float(j == (1, 3)[i]), "log_prob": float(own and j == 2)})
+            return rows
+
+    class Judges:  # style right for candidate 1 only, subgroup right for candidates 0 and 1
+        styles = ["noto", "twemoji"]
+        concept_subgroup = {"dog-face": "animal-mammal", "rocket": "transport-air"}
+
+        def predict(self, images):
+            said = [where(x) for x in images]
+            own = [parse_caption(prompts[i]) for i, _ in said]
+            style = [s if j == 1 else next(o for o in self.styles if o != s) for (_, j), (_, s) in zip(said, own)]
+            subgroup = [self.concept_subgroup[c] if j < 2 else "other" for (_, j), (c, _) in zip(said, own)]
+            return style, subgroup
+
+    sampling = {"guidance_scale": 3.0, "temperature": 0.7, "top_k": 0, "top_p": 1.0, "num_candidates": n}
+    row = eval_emoji.rerank_figures(Pipe(), prompts, Judges(), seed=0, batch_size=8, sampling=sampling)
+    assert row["prompts"] == 2 and row["candidates"] == n
+    assert row["highest_pmi"] == {"style": 0.5, "subgroup": 0.5}
+    assert row["one_candidate"] == {"style": 0.25, "subgroup": 0.5}
+    assert row["highest_style_posterior"] == {"style": 0.0, "subgroup": 0.0}
+    assert row["any_candidate"] == {"style": 1.0, "subgroup": 1.0}
+    assert row["highest_pmi_minus_one"]["style"]["mean"] == 0.25  # (1 - 1/4) and (0 - 1/4), averaged
+    assert row["highest_pmi_minus_one"]["subgroup"]["mean"] == 0.0
+
+
 def test_the_style_probe_reads_what_the_codes_hold_and_not_what_they_do_not():
     import torch
 
