@@ -21,7 +21,8 @@ Figures (one JSON line each, and OUT/report.json):
   judged; printed: the share right of the candidate the pipeline keeps (the highest pmi), of one candidate
   (the mean over candidates: what `--num_candidates 1` gives), of the candidate whose own caption the model
   finds likeliest among that concept's captions in every style (its style posterior), and of any candidate (a
-  perfect re-ranker's ceiling), with the standard error of the kept-minus-one difference, pair by pair.
+  perfect re-ranker's ceiling; also among the first 1, 2, 4, ... candidates), with the standard error of the
+  kept-minus-one difference, pair by pair.
 - `--tune`: a guidance x temperature grid on 100 other train captions (never the reported ones), each prompt
   scored by the mean of its style and subgroup being right, with the same seed per prompt in every cell (so
   cells are compared pair by pair). The best cell replaces the model's own settings only when its paired
@@ -275,6 +276,10 @@ def rerank_figures(pipe, prompts: list[str], judges, seed: int, batch_size: int,
         "one_candidate": {"style": style.mean().item(), "subgroup": subgroup.mean().item()},
         "highest_style_posterior": kept(posterior),
         "any_candidate": {"style": style.amax(1).mean().item(), "subgroup": subgroup.amax(1).mean().item()},
+        "any_of_the_first": {  # a perfect re-ranker's ceiling with fewer candidates
+            k: {"style": style[:, :k].amax(1).mean().item(), "subgroup": subgroup[:, :k].amax(1).mean().item()}
+            for k in sorted({2**i for i in range(n.bit_length()) if 2**i < n})
+        },
         "highest_pmi_minus_one": {k: {"mean": m, "se": se} for k, (m, se) in differences.items()},
         "seconds": round(time.perf_counter() - start, 1),
     }

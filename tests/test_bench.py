@@ -162,6 +162,7 @@ def test_the_rerank_figure_judges_every_candidate_under_each_way_of_keeping_one(
     assert row["one_candidate"] == {"style": 0.25, "subgroup": 0.5}
     assert row["highest_style_posterior"] == {"style": 0.0, "subgroup": 0.0}
     assert row["any_candidate"] == {"style": 1.0, "subgroup": 1.0}
+    assert row["any_of_the_first"] == {1: {"style": 0.0, "subgroup": 1.0}, 2: {"style": 1.0, "subgroup": 1.0}}
     assert row["highest_pmi_minus_one"]["style"]["mean"] == 0.25  # (1 - 1/4) and (0 - 1/4), averaged
     assert row["highest_pmi_minus_one"]["subgroup"]["mean"] == 0.0
 
