@@ -866,7 +866,7 @@ def export_emoji_styles(
     written = [s for s in SPLITS if by_split[s]]  # zeroshot is empty with fewer than 3 styles
     for split in written:
         prepare_out_dir(out / split, "--out")
-    marker = {"format": MARKER_FORMAT, "complete": False, **settings}
+    marker = {**settings, "complete": False}  # settings begin with the format
     (out / MARKER_FILE).write_text(json.dumps(marker, indent=2) + "\n", encoding="utf-8")
     tasks = []
     for split in SPLITS:

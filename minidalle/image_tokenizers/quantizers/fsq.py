@@ -65,10 +65,11 @@ class FSQuantizer(Quantizer):
 
     def digits(self, h: torch.Tensor) -> torch.Tensor:
         """(B, d, h, w) encoder output -> (B, d, h, w) integer digits in [0, L_i)."""
-        return self._digits_of(self.bound(h))
+        return self._digits_of(torch.round(self.bound(h)))
 
-    def _digits_of(self, bounded: torch.Tensor) -> torch.Tensor:
-        return torch.round(bounded).detach().long() + (self.levels // 2)[None, :, None, None]
+    def _digits_of(self, rounded: torch.Tensor) -> torch.Tensor:
+        """Rounded bounded values (integers in [-L/2, L/2)) -> digits in [0, L_i)."""
+        return rounded.detach().long() + (self.levels // 2)[None, :, None, None]
 
     def _code_of(self, digits: torch.Tensor) -> torch.Tensor:
         """(B, d, h, w) digits -> (B, h, w) codes: the mixed-radix number (`radix.code_digits` inverts it)."""
@@ -87,8 +88,9 @@ class FSQuantizer(Quantizer):
 
     def forward(self, h: torch.Tensor, temperature: float = 1.0) -> QuantizerOutput:
         bounded = self.bound(h)
-        rounded = bounded + (torch.round(bounded) - bounded).detach()  # straight-through
-        return QuantizerOutput(rounded / self._half_width(), self._code_of(self._digits_of(bounded)), {})
+        rounded = torch.round(bounded)
+        quantized = bounded + (rounded - bounded).detach()  # straight-through
+        return QuantizerOutput(quantized / self._half_width(), self._code_of(self._digits_of(rounded)), {})
 
     def code_state(self) -> dict[str, torch.Tensor]:
         return {"norm.weight": self.norm.weight, "norm.bias": self.norm.bias}
