@@ -283,3 +283,40 @@ def test_sampled_frequencies_follow_the_filtered_distribution(top_k, top_p, temp
     want = filter_logits(logits / temperature, top_k, top_p).softmax(-1)[0].double()
     assert torch.all(freq[want == 0] == 0)  # nothing outside the filter
     torch.testing.assert_close(freq, want, atol=0.01, rtol=0)
+
+
+def test_a_negative_caption_guides_away_from_it(prior, text):
+    """logits + s (cond - neg): away from the empty caption it is classifier-free guidance of g + s; away from
+    the prompt itself, or at scale 0, nothing changes; away from another caption, its likelihood falls."""
+    empty = prior.empty_text_tokens(len(text), text.device)
+
+    def greedy(guidance=2.0, negatives=(), scales=()):
+        return sample_codes(
+            prior,
+            text,
+            guidance_scale=guidance,
+            temperature=0.0,
+            negative_text_tokens=negatives,
+            negative_scales=scales,
+        )
+
+    plain = greedy()
+    assert torch.equal(greedy(negatives=[text], scales=[3.0]), plain)
+    assert torch.equal(greedy(negatives=[empty], scales=[0.0]), plain)
+    stronger = greedy(guidance=5.0)
+    assert not torch.equal(stronger, plain)  # the guidance scale matters for these captions
+    assert torch.equal(greedy(negatives=[empty], scales=[3.0]), stronger)
+    assert torch.equal(greedy(guidance=1.0, negatives=[empty], scales=[1.0]), greedy(guidance=2.0))  # no CFG branch
+    # sampled with a generator per row, two negatives: each row's codes still depend on its own generator only
+    other = prior.text_tokens(torch.randint(1, V, (3, L), generator=gen(7)), pad_id=0)
+    kwargs = dict(guidance_scale=2.0, temperature=1.0, negative_text_tokens=[other, empty], negative_scales=[1.0, 0.5])
+    rows = sample_codes(prior, text, generator=[gen(s) for s in (1, 2, 3)], **kwargs)
+    alone = sample_codes(
+        prior, text[1:2], generator=[gen(2)], **{**kwargs, "negative_text_tokens": [other[1:2], empty[1:2]]}
+    )
+    assert torch.equal(alone[0], rows[1])
+    with torch.no_grad():
+        away = greedy(negatives=[other], scales=[4.0])
+        assert prior.image_nll(other, away).mean() > prior.image_nll(other, plain).mean()
+    with pytest.raises(ValueError, match="1 negative captions but 0 scales"):
+        greedy(negatives=[other])

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import functools
 import logging
+from collections.abc import Sequence
 
 import torch
 
@@ -126,8 +127,16 @@ def sample_codes(
     init_codes: torch.Tensor | None = None,
     use_cache: bool = True,
     compile: bool = False,
+    negative_text_tokens: Sequence[torch.Tensor] = (),
+    negative_scales: Sequence[float] = (),
 ) -> torch.Tensor:
     """Sample image codes (B, N) given joint text tokens (B, L) (see `Prior.text_tokens`).
+
+    Guidance: the logits are `uncond + guidance_scale * (cond - uncond)` (classifier-free, against the empty
+    caption), plus `scale * (cond - neg)` for each (B, L) tensor of `negative_text_tokens` and its scale in
+    `negative_scales`: guidance away from other captions (composable guidance with negatives, Liu et al. 2022),
+    e.g. the caption with one of its parts left out, to stress that part. Each negative is one more branch in
+    the batch.
 
     `generator` is one generator for the batch, or a list of one per row: then each row's codes depend on
     its own generator only, whatever else is in the batch (`MiniDallePipeline` gives each image its seed).
@@ -137,9 +146,14 @@ def sample_codes(
     """
     cfg = prior.config
     b, n_total = text_tokens.shape[0], cfg.num_image_tokens
+    if len(negative_text_tokens) != len(negative_scales):
+        raise ValueError(f"{len(negative_text_tokens)} negative captions but {len(negative_scales)} scales")
     guided = guidance_scale != 1.0
     if guided:
         text_tokens = torch.cat([text_tokens, prior.empty_text_tokens(b, text_tokens.device)])
+    if negative_text_tokens:
+        text_tokens = torch.cat([text_tokens, *(t.to(text_tokens.device) for t in negative_text_tokens)])
+    branches = text_tokens.shape[0] // b
     bb = text_tokens.shape[0]
     codes = torch.zeros(b, n_total, dtype=torch.long, device=text_tokens.device)
     start = 0
@@ -153,15 +167,23 @@ def sample_codes(
         require_cpu_compiler("compile=True (sample.py --compile)")
     step = compiled_step_for(prior) if compile and use_cache else decode_step
 
-    def both_branches(c: torch.Tensor) -> torch.Tensor:  # the conditional and unconditional rows share the codes
-        return c.repeat(2, 1) if guided else c
+    def both_branches(c: torch.Tensor) -> torch.Tensor:  # the conditional, unconditional and negative rows share codes
+        return c.repeat(branches, 1) if branches > 1 else c
 
     logits = prior.prefill(text_tokens, both_branches(codes[:, :start]), cache)  # (bb, K): the prompt in one pass
     pos = torch.tensor(text_tokens.shape[1] + 1 + start, device=text_tokens.device)
     for j in range(start, n_total):
-        if guided:
-            cond, uncond = logits[:b], logits[b:]
-            logits = uncond + guidance_scale * (cond - uncond)
+        if branches > 1:
+            cond, first_negative = logits[:b], (2 if guided else 1) * b
+            if guided:
+                uncond = logits[b : 2 * b]
+                combined = uncond + guidance_scale * (cond - uncond)
+            else:
+                combined = cond
+            for i, scale in enumerate(negative_scales):
+                negative = logits[first_negative + i * b : first_negative + (i + 1) * b]
+                combined = combined + scale * (cond - negative)
+            logits = combined
         codes[:, j] = _sample(logits, temperature, top_k, top_p, generator)
         if j == n_total - 1:
             break
