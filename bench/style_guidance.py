@@ -59,7 +59,7 @@ def draw(pipe, prompts: list[str], scale: float, seed: int, sampling: dict, batc
             negative_text_tokens=negatives,
             negative_scales=[scale] if scale else [],
         )
-        images += pipe.to_pil(torch.cat([pipe.image_tokenizer.decode(c) for c in codes.split(1)]))
+        images += pipe.decode(codes)
     return images
 
 

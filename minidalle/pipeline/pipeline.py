@@ -260,9 +260,7 @@ class MiniDallePipeline:
                 )[:n]
             )
         codes = torch.cat(codes)
-        # one image at a time: a batched convolution may round an image's last bits differently with other
-        # images beside it, and then an image's own seed would not redraw it pixel for pixel
-        images = self.to_pil(torch.cat([self.image_tokenizer.decode(c) for c in codes.split(1)]))
+        images = self.decode(codes)
         if num_candidates == 1:
             return PipelineOutput(images, codes.cpu(), flat, seeds)
         pmi = torch.tensor([s["pmi"] for s in self._score(images, flat, batch_size, pmi=True, progress=progress)]).view(
@@ -276,6 +274,14 @@ class MiniDallePipeline:
             [seeds[i] for i in best],
             pmi.max(1).values.tolist(),
         )
+
+    @torch.inference_mode()
+    def decode(self, codes: torch.Tensor) -> list[Image.Image]:
+        """Image codes (B, N) -> PIL images through the image tokenizer's decoder.
+
+        One image at a time: a batched convolution may round an image's last bits differently with other
+        images beside it, and then an image's own seed would not redraw it pixel for pixel."""
+        return self.to_pil(torch.cat([self.image_tokenizer.decode(c) for c in codes.to(self.device).split(1)]))
 
     @torch.inference_mode()
     def reconstruct(self, images) -> list[Image.Image]:

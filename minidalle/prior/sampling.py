@@ -167,10 +167,10 @@ def sample_codes(
         require_cpu_compiler("compile=True (sample.py --compile)")
     step = compiled_step_for(prior) if compile and use_cache else decode_step
 
-    def both_branches(c: torch.Tensor) -> torch.Tensor:  # the conditional, unconditional and negative rows share codes
+    def every_branch(c: torch.Tensor) -> torch.Tensor:  # the conditional, unconditional and negative rows share codes
         return c.repeat(branches, 1) if branches > 1 else c
 
-    logits = prior.prefill(text_tokens, both_branches(codes[:, :start]), cache)  # (bb, K): the prompt in one pass
+    logits = prior.prefill(text_tokens, every_branch(codes[:, :start]), cache)  # (bb, K): the prompt in one pass
     pos = torch.tensor(text_tokens.shape[1] + 1 + start, device=text_tokens.device)
     for j in range(start, n_total):
         if branches > 1:
@@ -188,8 +188,8 @@ def sample_codes(
         if j == n_total - 1:
             break
         if use_cache:
-            logits = step(prior, both_branches(codes[:, j : j + 1]), pos, cache)
+            logits = step(prior, every_branch(codes[:, j : j + 1]), pos, cache)
             pos += 1
         else:
-            logits = prior.prefill(text_tokens, both_branches(codes[:, : j + 1]))
+            logits = prior.prefill(text_tokens, every_branch(codes[:, : j + 1]))
     return codes
